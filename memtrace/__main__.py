@@ -1,0 +1,3 @@
+from memtrace.cli.app import main
+
+main()

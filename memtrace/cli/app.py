@@ -1,0 +1,60 @@
+"""memtrace's command line: thin. Parse, call the stages, map errors to exit codes.
+
+stdout carries data (tables, JSON); stderr carries progress, warnings and errors.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+from rich.console import Console
+
+from memtrace.errors import EXIT_INTERRUPTED, MemtraceError
+
+app = typer.Typer(
+    name="memtrace",
+    help="BPF map memory versus memory cgroups, on real kernels.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+#: stdout is data
+out = Console(highlight=False, soft_wrap=True)
+#: stderr is everything else
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _register() -> None:
+    # Each command group lives in its own module and adds itself to `app`.
+    from memtrace.cli import lab  # noqa: F401
+
+
+def main() -> None:
+    _register()
+    try:
+        app(standalone_mode=False)
+    except MemtraceError as e:
+        err.print(f"memtrace: error: {e.message}", markup=False)
+        if e.detail:
+            err.print(e.detail, markup=False)
+        if os.environ.get("MEMTRACE_DEBUG"):
+            raise
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        err.print("memtrace: interrupted", markup=False)
+        sys.exit(EXIT_INTERRUPTED)
+    except typer.Abort:
+        err.print("memtrace: interrupted", markup=False)
+        sys.exit(EXIT_INTERRUPTED)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except Exception as e:  # click usage errors
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(2)
+        raise

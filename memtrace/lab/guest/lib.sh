@@ -1,0 +1,212 @@
+# memtrace lab guest library, sourced by /init; scenario scripts can use every function here.
+#
+#   step NAME                    settle, then record ground truth for every cgroup and map
+#   cg_create PATH [MAX]         create a cgroup (and parents) with the memory controller
+#   cg_remove PATH               rmdir a cgroup
+#   cg_set PATH FILE VALUE       write a cgroup file
+#   cg_read PATH FILE            print a cgroup file
+#   in_cg PATH CMD...            run CMD inside cgroup PATH (a fresh process; waits for it)
+#   create_map CG TYPE PIN ATTR...   mapctl create inside CG, noted in /out/maps-created.txt
+#   mapctl ...                   the guest's BPF map tool (see mapctl.c)
+#   note KEY VALUE...            a fact for the host, in /out/notes.txt
+#
+# Paths of cgroups are relative to /sys/fs/cgroup. BPF pins live under /sys/fs/bpf.
+CG=/sys/fs/cgroup
+BPFFS=/sys/fs/bpf
+TRACEFS=/sys/kernel/tracing
+MT_NCPU=$(grep -c '^processor' /proc/cpuinfo)
+MT_STEP=0
+
+mt_init_out() {
+	mkdir -p /out/steps
+	: > /out/notes.txt
+	: > /out/maps-created.txt
+}
+
+note() {
+	echo "$*" >> /out/notes.txt
+}
+
+cg_create() {
+	_path=""
+	for _part in $(echo "$1" | tr / ' '); do
+		if [ -n "$_path" ]; then
+			grep -q memory "$CG/$_path/cgroup.subtree_control" || echo +memory > "$CG/$_path/cgroup.subtree_control"
+			_path="$_path/$_part"
+		else
+			_path="$_part"
+		fi
+		[ -d "$CG/$_path" ] || mkdir "$CG/$_path"
+	done
+	if [ -n "$2" ]; then
+		echo "$2" > "$CG/$1/memory.max"
+	fi
+}
+
+cg_remove() {
+	rmdir "$CG/$1"
+}
+
+cg_set() {
+	echo "$3" > "$CG/$1/$2"
+}
+
+cg_read() {
+	cat "$CG/$1/$2"
+}
+
+in_cg() {
+	_cg="$1"
+	shift
+	(echo 0 > "$CG/$_cg/cgroup.procs" && exec "$@")
+}
+
+create_map() {
+	_cg="$1"
+	_type="$2"
+	_pin="$3"
+	shift 3
+	_id=$(in_cg "$_cg" mapctl create "$_type" "$_pin" "$@")
+	echo "$_id $_type $_pin /$_cg step=$((MT_STEP + 1))" >> /out/maps-created.txt
+	echo "$_id"
+}
+
+# Let exited tasks' RCU-deferred frees finish, then run one short task per CPU in a
+# cgroup of its own: its charges switch each CPU's page and object stock away from
+# whatever memcg was cached there, so memory.current holds no pre-charged stock.
+mt_settle() {
+	sleep 0.3
+	[ -d "$CG/memtrace-settle" ] || mkdir "$CG/memtrace-settle"
+	_cpu=0
+	while [ "$_cpu" -lt "$MT_NCPU" ]; do
+		(echo 0 > "$CG/memtrace-settle/cgroup.procs" && exec taskset -c "$_cpu" sh -c 'echo x > /dev/null')
+		_cpu=$((_cpu + 1))
+	done
+}
+
+mt_record() {
+	_d="$1"
+	(
+		cd "$CG" || exit 1
+		find . -type d | while read -r _c; do
+			_o="$_d/cgroups/$_c"
+			mkdir -p "$_o"
+			stat -c %i "$_c" > "$_o/id"
+			for _f in cgroup.events cgroup.stat memory.current memory.max memory.high memory.peak \
+				memory.events memory.events.local memory.stat; do
+				[ -f "$_c/$_f" ] && cat "$_c/$_f" > "$_o/$_f"
+			done
+		done
+	)
+	bpftool -j -f map show > "$_d/maps.json" 2> "$_d/bpftool.err"
+	mapctl fdinfo > "$_d/fdinfo.txt" 2>> "$_d/bpftool.err"
+	ls -1 "$BPFFS" > "$_d/pins.txt"
+}
+
+step() {
+	mt_settle
+	MT_STEP=$((MT_STEP + 1))
+	_n=$(printf %03d "$MT_STEP")
+	_d="/out/steps/$_n-$1"
+	mkdir -p "$_d"
+	echo "memtrace_step $_n $1" > "$TRACEFS/trace_marker"
+	cat /proc/uptime > "$_d/uptime"
+	mt_record "$_d"
+	echo "MEMTRACE-STEP $_n $1"
+}
+
+mt_trace_start() {
+	echo 0 > "$TRACEFS/tracing_on"
+	grep -qw boot "$TRACEFS/trace_clock" && echo boot > "$TRACEFS/trace_clock"
+	echo "${MT_TRACE_BUFFER_KB:-32768}" > "$TRACEFS/buffer_size_kb"
+	: > /out/probe-errors.txt
+	if [ -s /memtrace/kprobe_events ]; then
+		while read -r _line; do
+			case "$_line" in '' | '#'*) continue ;; esac
+			if echo "$_line" >> "$TRACEFS/kprobe_events" 2> /dev/null; then
+				_ev=$(echo "$_line" | sed 's/^[pr][0-9]*:\([^ ]*\) .*/\1/')
+				case "$_ev" in */*) ;; *) _ev="kprobes/$_ev" ;; esac
+				echo 1 > "$TRACEFS/events/$_ev/enable" || echo "enable-failed $_line" >> /out/probe-errors.txt
+			else
+				echo "install-failed $_line" >> /out/probe-errors.txt
+			fi
+		done < /memtrace/kprobe_events
+		cp "$TRACEFS/error_log" /out/probe-error_log.txt 2> /dev/null
+	fi
+	: > /out/events-enabled.txt
+	while read -r _e; do
+		if [ -e "$TRACEFS/events/$_e/enable" ]; then
+			echo 1 > "$TRACEFS/events/$_e/enable" && echo "$_e" >> /out/events-enabled.txt
+		fi
+	done < /memtrace/events.list
+	echo 1 > "$TRACEFS/tracing_on"
+}
+
+mt_trace_stop() {
+	echo 0 > "$TRACEFS/tracing_on"
+	cp "$TRACEFS/trace" /out/trace.txt
+	mkdir -p /out/trace-stats
+	_cpu=0
+	while [ "$_cpu" -lt "$MT_NCPU" ]; do
+		cat "$TRACEFS/per_cpu/cpu$_cpu/stats" > "/out/trace-stats/cpu$_cpu"
+		_cpu=$((_cpu + 1))
+	done
+	cat "$TRACEFS/kprobe_events" > /out/kprobe_events.installed 2> /dev/null
+}
+
+# Write /out onto the output disk as a tar (the host reads it after the run).
+mt_finish() {
+	echo "$1" > /out/rc
+	tar -c -f /dev/vda -C /out . && sync
+}
+
+# The maps of the restart and ghost scenarios, each created in its own step inside CG and
+# then filled in another, pinned under $BPFFS by kind:
+#   hash_prealloc    hash, key 8, value 100, 4099 entries, 3001 filled
+#   hash_noprealloc  hash BPF_F_NO_PREALLOC, key 8, value 100, 5003 entries, 1201 filled
+#   percpu_hash      percpu hash, key 4, value 36, 1031 entries, 500 filled
+#   lru_hash         LRU hash, key 4, value 200, 2053 entries, 1000 filled
+#   array            array, value 76, 3001 entries, 3001 filled
+#   percpu_array     percpu array, value 44, 509 entries, 509 filled
+#   ringbuf          ringbuf, 256 KiB
+#   lpm_trie         LPM trie (no-prealloc), key 4+4, value 16, 2003 entries, 997 filled
+#   hash_of_maps     hash of maps, 67 entries, 5 inner arrays (value 52, 211 entries) set
+standard_maps() {
+	_cg="$1"
+	mt_map "$_cg" hash hash_prealloc 3001 key=8 value=100 entries=4099
+	mt_map "$_cg" hash hash_noprealloc 1201 key=8 value=100 entries=5003 flags=1
+	mt_map "$_cg" percpu_hash percpu_hash 500 key=4 value=36 entries=1031
+	mt_map "$_cg" lru_hash lru_hash 1000 key=4 value=200 entries=2053
+	mt_map "$_cg" array array 3001 key=4 value=76 entries=3001
+	mt_map "$_cg" percpu_array percpu_array 509 key=4 value=44 entries=509
+	mt_map "$_cg" ringbuf ringbuf 0 key=0 value=0 entries=262144
+	mt_map "$_cg" lpm_trie lpm_trie 997 key=8 value=16 entries=2003 flags=1
+	create_map "$_cg" array "$BPFFS/inner_tmpl" key=4 value=52 entries=211 name=inner_tmpl > /dev/null
+	mt_map "$_cg" hash_of_maps hash_of_maps 0 key=4 value=4 entries=67 inner="$BPFFS/inner_tmpl"
+	rm "$BPFFS/inner_tmpl"
+	_i=0
+	while [ "$_i" -lt 5 ]; do
+		create_map "$_cg" array "$BPFFS/inner$_i" key=4 value=52 entries=211 name=inner$_i > /dev/null
+		in_cg "$_cg" mapctl fill "$BPFFS/inner$_i" 211 > /dev/null
+		in_cg "$_cg" mapctl outer-set "$BPFFS/hash_of_maps" "$_i" "$BPFFS/inner$_i" > /dev/null
+		rm "$BPFFS/inner$_i"
+		_i=$((_i + 1))
+	done
+	step fill-hash_of_maps
+}
+
+# mt_map CG TYPE NAME FILL ATTR...: create map NAME (pinned at $BPFFS/NAME) in CG, step
+# create-NAME, then fill FILL keys from CG and step fill-NAME (no fill step when FILL is 0).
+mt_map() {
+	_mcg="$1"
+	_mtype="$2"
+	_mname="$3"
+	_mfill="$4"
+	shift 4
+	create_map "$_mcg" "$_mtype" "$BPFFS/$_mname" name="$_mname" "$@" > /dev/null
+	step "create-$_mname"
+	if [ "$_mfill" -gt 0 ]; then
+		in_cg "$_mcg" mapctl fill "$BPFFS/$_mname" "$_mfill" > /dev/null
+		step "fill-$_mname"
+	fi
+}

@@ -1,0 +1,416 @@
+// mapctl: the lab guest's BPF map tool. Raw bpf(2) syscalls, built static by the host's gcc
+// so the guest needs no libbpf. Every command prints one line per result on stdout and
+// exits non-zero with a one-line message on stderr on failure.
+//
+//   mapctl create TYPE PIN key=K value=V entries=N [flags=F] [name=S] [inner=PIN]
+//   mapctl fill PIN COUNT [START]      insert or update keys START..START+COUNT-1
+//   mapctl delete PIN COUNT [START]
+//   mapctl id PIN                      print the map id
+//   mapctl fdinfo                      every map: "@@map ID" then its /proc/self/fdinfo text
+//   mapctl outer-set OUTER KEY INNER   hash/array-of-maps: OUTER[KEY] = INNER
+//   mapctl clone SRC PIN               new map with SRC's shape, all SRC entries copied
+// Any PIN argument may also be id:N, a map by id.
+//   mapctl inner-id OUTER KEY          id of the inner map at OUTER[KEY]
+//   mapctl sockhash-fill PIN COUNT READYFILE
+//                                      COUNT UDP sockets into a sockhash (GFP_ATOMIC charges
+//                                      to the map's memcg); touches READYFILE, then waits for
+//                                      SIGTERM while holding the sockets
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/bpf.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+static const char *prog = "mapctl";
+
+static void die(const char *fmt, const char *arg) {
+	fprintf(stderr, "%s: ", prog);
+	fprintf(stderr, fmt, arg);
+	if (errno)
+		fprintf(stderr, ": %s", strerror(errno));
+	fputc('\n', stderr);
+	exit(1);
+}
+
+static long sys_bpf(int cmd, union bpf_attr *attr) {
+	return syscall(__NR_bpf, cmd, attr, sizeof(*attr));
+}
+
+static const struct {
+	const char *name;
+	int type;
+} types[] = {
+	{"hash", BPF_MAP_TYPE_HASH},
+	{"array", BPF_MAP_TYPE_ARRAY},
+	{"percpu_hash", BPF_MAP_TYPE_PERCPU_HASH},
+	{"percpu_array", BPF_MAP_TYPE_PERCPU_ARRAY},
+	{"lru_hash", BPF_MAP_TYPE_LRU_HASH},
+	{"lru_percpu_hash", BPF_MAP_TYPE_LRU_PERCPU_HASH},
+	{"lpm_trie", BPF_MAP_TYPE_LPM_TRIE},
+	{"array_of_maps", BPF_MAP_TYPE_ARRAY_OF_MAPS},
+	{"hash_of_maps", BPF_MAP_TYPE_HASH_OF_MAPS},
+	{"ringbuf", BPF_MAP_TYPE_RINGBUF},
+	{"sockhash", BPF_MAP_TYPE_SOCKHASH},
+	{"queue", BPF_MAP_TYPE_QUEUE},
+	{"stack", BPF_MAP_TYPE_STACK},
+};
+
+static int map_by_id(uint32_t id);
+
+// PIN is a bpffs path, or id:N for a map by id
+static int obj_get(const char *pin) {
+	union bpf_attr a;
+	if (!strncmp(pin, "id:", 3)) {
+		int fd = map_by_id(strtoul(pin + 3, 0, 0));
+		if (fd < 0)
+			die("no map %s", pin);
+		return fd;
+	}
+	memset(&a, 0, sizeof(a));
+	a.pathname = (uint64_t)(unsigned long)pin;
+	int fd = sys_bpf(BPF_OBJ_GET, &a);
+	if (fd < 0)
+		die("cannot open pinned map %s", pin);
+	return fd;
+}
+
+static void obj_pin(int fd, const char *pin) {
+	union bpf_attr a;
+	memset(&a, 0, sizeof(a));
+	a.pathname = (uint64_t)(unsigned long)pin;
+	a.bpf_fd = fd;
+	if (sys_bpf(BPF_OBJ_PIN, &a) < 0)
+		die("cannot pin %s", pin);
+}
+
+static struct bpf_map_info map_info(int fd) {
+	struct bpf_map_info info;
+	union bpf_attr a;
+	memset(&info, 0, sizeof(info));
+	memset(&a, 0, sizeof(a));
+	a.info.bpf_fd = fd;
+	a.info.info_len = sizeof(info);
+	a.info.info = (uint64_t)(unsigned long)&info;
+	if (sys_bpf(BPF_OBJ_GET_INFO_BY_FD, &a) < 0)
+		die("%s", "BPF_OBJ_GET_INFO_BY_FD");
+	return info;
+}
+
+static int map_by_id(uint32_t id) {
+	union bpf_attr a;
+	memset(&a, 0, sizeof(a));
+	a.map_id = id;
+	return sys_bpf(BPF_MAP_GET_FD_BY_ID, &a);
+}
+
+static int update(int fd, const void *key, const void *value, uint64_t flags) {
+	union bpf_attr a;
+	memset(&a, 0, sizeof(a));
+	a.map_fd = fd;
+	a.key = (uint64_t)(unsigned long)key;
+	a.value = (uint64_t)(unsigned long)value;
+	a.flags = flags;
+	return sys_bpf(BPF_MAP_UPDATE_ELEM, &a);
+}
+
+static int lookup(int fd, const void *key, void *value) {
+	union bpf_attr a;
+	memset(&a, 0, sizeof(a));
+	a.map_fd = fd;
+	a.key = (uint64_t)(unsigned long)key;
+	a.value = (uint64_t)(unsigned long)value;
+	return sys_bpf(BPF_MAP_LOOKUP_ELEM, &a);
+}
+
+static int next_key(int fd, const void *key, void *next) {
+	union bpf_attr a;
+	memset(&a, 0, sizeof(a));
+	a.map_fd = fd;
+	a.key = (uint64_t)(unsigned long)key;
+	a.next_key = (uint64_t)(unsigned long)next;
+	return sys_bpf(BPF_MAP_GET_NEXT_KEY, &a);
+}
+
+static int ncpus(void) {
+	// possible CPUs, as the kernel sizes per-CPU values
+	FILE *f = fopen("/sys/devices/system/cpu/possible", "r");
+	int lo = 0, hi = 0;
+	if (f && fscanf(f, "%d-%d", &lo, &hi) < 1)
+		hi = 0;
+	if (f)
+		fclose(f);
+	return hi + 1;
+}
+
+static int is_percpu(int type) {
+	return type == BPF_MAP_TYPE_PERCPU_HASH || type == BPF_MAP_TYPE_PERCPU_ARRAY ||
+	       type == BPF_MAP_TYPE_LRU_PERCPU_HASH;
+}
+
+static size_t value_buf_size(const struct bpf_map_info *info) {
+	if (is_percpu(info->type))
+		return (size_t)((info->value_size + 7) & ~7u) * ncpus();
+	return info->value_size;
+}
+
+// key i: LPM tries get {prefixlen = 8*data, data = big-endian i}; others get i in the
+// first 4 bytes and a fixed pattern after.
+static void make_key(const struct bpf_map_info *info, uint32_t i, unsigned char *key) {
+	memset(key, 0xa5, info->key_size);
+	if (info->type == BPF_MAP_TYPE_LPM_TRIE) {
+		uint32_t plen = (info->key_size - 4) * 8;
+		memcpy(key, &plen, 4);
+		memset(key + 4, 0, info->key_size - 4);
+		for (unsigned b = 0; b < 4 && b < info->key_size - 4; b++)
+			key[info->key_size - 1 - b] = (i >> (8 * b)) & 0xff;
+		return;
+	}
+	memcpy(key, &i, info->key_size < 4 ? info->key_size : 4);
+}
+
+static void cmd_create(int argc, char **argv) {
+	if (argc < 2)
+		die("%s", "usage: create TYPE PIN key=K value=V entries=N [flags=F] [name=S] [inner=PIN]");
+	union bpf_attr a;
+	memset(&a, 0, sizeof(a));
+	a.map_type = -1;
+	for (size_t i = 0; i < sizeof(types) / sizeof(types[0]); i++)
+		if (!strcmp(types[i].name, argv[0]))
+			a.map_type = types[i].type;
+	if ((int)a.map_type < 0) {
+		errno = 0;
+		die("unknown map type %s", argv[0]);
+	}
+	const char *pin = argv[1];
+	int inner_fd = -1;
+	for (int i = 2; i < argc; i++) {
+		char *eq = strchr(argv[i], '=');
+		if (!eq) {
+			errno = 0;
+			die("bad attribute %s", argv[i]);
+		}
+		*eq = 0;
+		const char *k = argv[i], *v = eq + 1;
+		if (!strcmp(k, "key"))
+			a.key_size = strtoul(v, 0, 0);
+		else if (!strcmp(k, "value"))
+			a.value_size = strtoul(v, 0, 0);
+		else if (!strcmp(k, "entries"))
+			a.max_entries = strtoul(v, 0, 0);
+		else if (!strcmp(k, "flags"))
+			a.map_flags = strtoul(v, 0, 0);
+		else if (!strcmp(k, "name"))
+			strncpy(a.map_name, v, sizeof(a.map_name) - 1);
+		else if (!strcmp(k, "inner"))
+			inner_fd = obj_get(v);
+		else {
+			errno = 0;
+			die("unknown attribute %s", k);
+		}
+	}
+	if (inner_fd >= 0)
+		a.inner_map_fd = inner_fd;
+	int fd = sys_bpf(BPF_MAP_CREATE, &a);
+	if (fd < 0)
+		die("cannot create map %s", pin);
+	obj_pin(fd, pin);
+	printf("%u\n", map_info(fd).id);
+}
+
+static void cmd_fill(int argc, char **argv, int del) {
+	if (argc < 2)
+		die("%s", "usage: fill|delete PIN COUNT [START]");
+	int fd = obj_get(argv[0]);
+	uint32_t count = strtoul(argv[1], 0, 0), start = argc > 2 ? strtoul(argv[2], 0, 0) : 0;
+	struct bpf_map_info info = map_info(fd);
+	unsigned char *key = calloc(1, info.key_size + 8);
+	size_t vsz = value_buf_size(&info);
+	unsigned char *value = calloc(1, vsz + 8);
+	uint32_t done = 0, failed = 0;
+	int first_errno = 0;
+	for (uint32_t i = start; i < start + count; i++) {
+		make_key(&info, i, key);
+		for (size_t b = 0; b < vsz; b++)
+			value[b] = (unsigned char)(i + b);
+		int rc;
+		if (del) {
+			union bpf_attr a;
+			memset(&a, 0, sizeof(a));
+			a.map_fd = fd;
+			a.key = (uint64_t)(unsigned long)key;
+			rc = sys_bpf(BPF_MAP_DELETE_ELEM, &a);
+		} else {
+			rc = update(fd, info.type == BPF_MAP_TYPE_ARRAY || info.type == BPF_MAP_TYPE_PERCPU_ARRAY
+					    ? (void *)&i : (void *)key,
+				    value, BPF_ANY);
+		}
+		if (rc < 0) {
+			if (!first_errno)
+				first_errno = errno;
+			failed++;
+		} else {
+			done++;
+		}
+	}
+	printf("id=%u done=%u failed=%u errno=%d\n", info.id, done, failed, first_errno);
+}
+
+static void cmd_fdinfo(void) {
+	union bpf_attr a;
+	uint32_t id = 0;
+	char path[64], buf[4096];
+	for (;;) {
+		memset(&a, 0, sizeof(a));
+		a.start_id = id;
+		if (sys_bpf(BPF_MAP_GET_NEXT_ID, &a) < 0)
+			break;
+		id = a.next_id;
+		int fd = map_by_id(id);
+		if (fd < 0)
+			continue;  // freed meanwhile
+		printf("@@map %u\n", id);
+		snprintf(path, sizeof(path), "/proc/self/fdinfo/%d", fd);
+		int f = open(path, O_RDONLY);
+		ssize_t n;
+		while (f >= 0 && (n = read(f, buf, sizeof(buf))) > 0)
+			fwrite(buf, 1, n, stdout);
+		if (f >= 0)
+			close(f);
+		close(fd);
+	}
+}
+
+static void cmd_outer_set(int argc, char **argv) {
+	if (argc < 3)
+		die("%s", "usage: outer-set OUTER KEY INNER");
+	int outer = obj_get(argv[0]);
+	uint32_t key = strtoul(argv[1], 0, 0);
+	int inner = obj_get(argv[2]);
+	uint32_t v = inner;
+	if (update(outer, &key, &v, BPF_ANY) < 0)
+		die("cannot set %s", argv[0]);
+	printf("outer=%u key=%u inner=%u\n", map_info(outer).id, key, map_info(inner).id);
+}
+
+static void cmd_inner_id(int argc, char **argv) {
+	if (argc < 2)
+		die("%s", "usage: inner-id OUTER KEY");
+	int outer = obj_get(argv[0]);
+	uint32_t key = strtoul(argv[1], 0, 0), id = 0;
+	if (lookup(outer, &key, &id) < 0)
+		die("no inner map at %s", argv[1]);
+	printf("%u\n", id);
+}
+
+static void cmd_clone(int argc, char **argv) {
+	if (argc < 2)
+		die("%s", "usage: clone SRC PIN");
+	int src = obj_get(argv[0]);
+	struct bpf_map_info info = map_info(src);
+	union bpf_attr a;
+	memset(&a, 0, sizeof(a));
+	a.map_type = info.type;
+	a.key_size = info.key_size;
+	a.value_size = info.value_size;
+	a.max_entries = info.max_entries;
+	a.map_flags = info.map_flags;
+	memcpy(a.map_name, info.name, sizeof(a.map_name));
+	int dst = sys_bpf(BPF_MAP_CREATE, &a);
+	if (dst < 0)
+		die("cannot create clone of %s", argv[0]);
+	unsigned char *key = calloc(1, info.key_size + 8), *next = calloc(1, info.key_size + 8);
+	unsigned char *value = calloc(1, value_buf_size(&info) + 8);
+	uint32_t copied = 0;
+	void *prev = NULL;
+	while (next_key(src, prev, next) == 0) {
+		if (lookup(src, next, value) == 0) {
+			if (update(dst, next, value, BPF_ANY) < 0)
+				die("cannot copy into clone %s", argv[1]);
+			copied++;
+		}
+		memcpy(key, next, info.key_size);
+		prev = key;
+	}
+	obj_pin(dst, argv[1]);
+	printf("src=%u dst=%u copied=%u\n", info.id, map_info(dst).id, copied);
+}
+
+static volatile sig_atomic_t stop;
+static void on_term(int sig) { (void)sig; stop = 1; }
+
+static void cmd_sockhash_fill(int argc, char **argv) {
+	if (argc < 3)
+		die("%s", "usage: sockhash-fill PIN COUNT READYFILE");
+	int fd = obj_get(argv[0]);
+	uint32_t count = strtoul(argv[1], 0, 0);
+	struct rlimit rl = {count + 64, count + 64};
+	if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+		die("%s", "setrlimit(RLIMIT_NOFILE)");
+	signal(SIGTERM, on_term);
+	uint32_t done = 0, failed = 0;
+	int first_errno = 0;
+	for (uint32_t i = 0; i < count; i++) {
+		int s = socket(AF_INET, SOCK_DGRAM, 0);
+		struct sockaddr_in sin = {.sin_family = AF_INET};
+		if (s < 0 || bind(s, (struct sockaddr *)&sin, sizeof(sin)) < 0)
+			die("%s", "socket/bind");
+		uint32_t v = s;
+		if (update(fd, &i, &v, BPF_ANY) < 0) {
+			if (!first_errno)
+				first_errno = errno;
+			failed++;
+			close(s);
+		} else {
+			done++;
+		}
+	}
+	printf("id=%u done=%u failed=%u errno=%d\n", map_info(fd).id, done, failed, first_errno);
+	fflush(stdout);
+	int r = open(argv[2], O_CREAT | O_WRONLY, 0644);
+	if (r >= 0)
+		close(r);
+	while (!stop)
+		pause();
+}
+
+int main(int argc, char **argv) {
+	if (argc < 2) {
+		fprintf(stderr, "usage: mapctl COMMAND ...\n");
+		return 2;
+	}
+	const char *cmd = argv[1];
+	argc -= 2;
+	argv += 2;
+	if (!strcmp(cmd, "create"))
+		cmd_create(argc, argv);
+	else if (!strcmp(cmd, "fill"))
+		cmd_fill(argc, argv, 0);
+	else if (!strcmp(cmd, "delete"))
+		cmd_fill(argc, argv, 1);
+	else if (!strcmp(cmd, "id") && argc > 0)
+		printf("%u\n", map_info(obj_get(argv[0])).id);
+	else if (!strcmp(cmd, "fdinfo"))
+		cmd_fdinfo();
+	else if (!strcmp(cmd, "outer-set"))
+		cmd_outer_set(argc, argv);
+	else if (!strcmp(cmd, "inner-id"))
+		cmd_inner_id(argc, argv);
+	else if (!strcmp(cmd, "clone"))
+		cmd_clone(argc, argv);
+	else if (!strcmp(cmd, "sockhash-fill"))
+		cmd_sockhash_fill(argc, argv);
+	else {
+		fprintf(stderr, "mapctl: unknown command %s\n", cmd);
+		return 2;
+	}
+	return 0;
+}

@@ -1,0 +1,188 @@
+"""One QEMU guest: start, watch the serial console for markers, talk QMP, dump, stop.
+
+The guest is always ended when the ``Guest`` context exits (error, Ctrl-C or normal end)
+unless ``detach()`` was called (``--keep-running``). QEMU runs in a session of its own so
+a terminal's Ctrl-C reaches memtrace, which then ends QEMU itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from memtrace.errors import EnvironmentProblem, GuestError
+
+QEMU = "qemu-system-x86_64"
+PANIC_RE = re.compile(r"Kernel panic - not syncing|---\[ end Kernel panic")
+
+
+def qemu_binary() -> str:
+    path = shutil.which(QEMU)
+    if path is None:
+        raise EnvironmentProblem(f"{QEMU}: not found; install Debian package qemu-system-x86 (scripts/setup does)")
+    return path
+
+
+class Guest:
+    """A running QEMU guest with a serial log, two QMP sockets and an output disk."""
+
+    def __init__(
+        self,
+        *,
+        kernel: Path,
+        initrd: Path,
+        rundir: Path,
+        out_disk: Path,
+        memory_mb: int = 512,
+        cpus: int = 2,
+        accel: str = "tcg",
+        append: str = "",
+    ) -> None:
+        self.rundir = rundir
+        self.serial_log = rundir / "serial.log"
+        self.qmp_control = rundir / "qmp.sock"
+        #: a second QMP monitor, free for drgn (QMP serves one client per socket)
+        self.qmp_drgn = rundir / "qmp-drgn.sock"
+        self.args = [
+            qemu_binary(),
+            "-nodefaults",
+            "-display", "none",
+            "-accel", accel,
+            "-m", str(memory_mb),
+            "-smp", str(cpus),
+            "-kernel", str(kernel),
+            "-initrd", str(initrd),
+            "-append", f"console=ttyS0 panic=-1 oops=panic no_hash_pointers {append}".strip(),
+            "-no-reboot",
+            "-serial", f"file:{self.serial_log}",
+            "-qmp", f"unix:{self.qmp_control},server=on,wait=off",
+            "-qmp", f"unix:{self.qmp_drgn},server=on,wait=off",
+            "-device", "vmcoreinfo",
+            "-drive", f"file={out_disk},format=raw,if=virtio",
+        ]
+        self.proc: subprocess.Popen | None = None
+        self._detached = False
+        self._pos = 0
+        self._log_text = ""
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def __enter__(self) -> "Guest":
+        self.serial_log.touch()
+        self.proc = subprocess.Popen(
+            self.args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.rundir / "qemu.stderr", "wb"),
+            start_new_session=True,
+        )
+        (self.rundir / "qemu.pid").write_text(f"{self.proc.pid}\n")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if not self._detached:
+            self.kill()
+
+    def detach(self) -> int:
+        """Leave the guest running after the context exits; return its pid."""
+        self._detached = True
+        return self.proc.pid
+
+    def kill(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            self.qmp("quit", timeout=2)
+        except Exception:
+            pass
+        try:
+            self.proc.wait(timeout=3)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    # -- serial console ----------------------------------------------------------------
+    def serial_tail(self, lines: int = 25) -> str:
+        text = self.serial_log.read_text(errors="replace") if self.serial_log.exists() else ""
+        tail = text.splitlines()[-lines:]
+        return "serial log tail:\n" + "\n".join("  " + l for l in tail)
+
+    def _read_new(self) -> str:
+        with open(self.serial_log, "rb") as f:
+            f.seek(self._pos)
+            chunk = f.read()
+        self._pos += len(chunk)
+        text = chunk.decode(errors="replace")
+        self._log_text += text
+        return text
+
+    def wait_for(self, pattern: str, timeout: float, *, on_line=None) -> re.Match:
+        """Wait until a console line matches ``pattern`` (anywhere in the line).
+
+        Raises GuestError on panic, QEMU exit or timeout, with the serial log tail.
+        """
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        pending = ""
+        while True:
+            pending += self._read_new()
+            *lines, pending = pending.split("\n")
+            for line in lines:
+                if on_line:
+                    on_line(line)
+                m = rx.search(line)
+                if m:
+                    return m
+                if PANIC_RE.search(line):
+                    time.sleep(0.5)
+                    self._read_new()
+                    raise GuestError("the guest kernel panicked", detail=self.serial_tail())
+            if self.proc.poll() is not None:
+                self._read_new()
+                stderr = (self.rundir / "qemu.stderr").read_text(errors="replace").strip()
+                why = f"qemu exited with status {self.proc.returncode}"
+                if stderr:
+                    why += f": {stderr.splitlines()[-1]}"
+                raise GuestError(why, detail=self.serial_tail())
+            if time.monotonic() > deadline:
+                raise GuestError(f"the guest did not print {pattern!r} within {timeout:.0f} s", detail=self.serial_tail())
+            time.sleep(0.1)
+
+    # -- QMP -----------------------------------------------------------------------------
+    def qmp(self, command: str, arguments: dict | None = None, *, timeout: float = 600) -> dict:
+        """Run one QMP command on the control socket and return its "return" value."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            s.connect(str(self.qmp_control))
+            f = s.makefile("rwb")
+            json.loads(f.readline())  # greeting
+
+            def call(cmd: str, args: dict | None) -> dict:
+                msg = {"execute": cmd}
+                if args:
+                    msg["arguments"] = args
+                f.write(json.dumps(msg).encode() + b"\n")
+                f.flush()
+                while True:
+                    line = f.readline()
+                    if not line:
+                        raise GuestError(f"QMP connection closed during {cmd}")
+                    reply = json.loads(line)
+                    if "event" in reply:
+                        continue
+                    if "error" in reply:
+                        raise GuestError(f"QMP {cmd} failed: {reply['error'].get('desc')}")
+                    return reply.get("return", {})
+
+            call("qmp_capabilities", None)
+            return call(command, arguments)
+
+    def dump_memory(self, path: Path) -> None:
+        """Write an ELF vmcore of the whole guest (QMP dump-guest-memory, paging off)."""
+        self.qmp("dump-guest-memory", {"paging": False, "protocol": f"file:{path}"})

@@ -1,0 +1,220 @@
+"""Run one lab scenario on one kernel: boot, run, record, dump, collect.
+
+Output folder (written as ``<out>.partial-*`` and renamed into place only when complete)::
+
+    meta.json      kernel release, vmlinux path and build id, steps with timestamps, timings
+    truth.json     the kernel's own counters after every step (see memtrace.lab.truth)
+    trace.txt      ftrace text of kmem, percpu, cgroup (vmalloc on 6.12) events over the run
+    serial.log     the guest console
+    scenario.log   the scenario's stdout and stderr
+    vmcore         ELF core of the guest at the end (QMP dump-guest-memory); not with --no-vmcore
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tarfile
+import tempfile
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from memtrace.errors import GuestError, InputError
+from memtrace.lab import initramfs, kernels
+from memtrace.lab.qemu import Guest
+from memtrace.lab.truth import build_truth
+
+META_SCHEMA = "memtrace.lab.meta/1"
+OUT_DISK_BYTES = 2 << 30  # sparse; the guest writes a tar of /out onto it
+
+
+def builtin_scenarios() -> dict[str, str]:
+    """Built-in scenario names and their first comment line."""
+    found = {}
+    for f in resources.files("memtrace.lab").joinpath("scenarios").iterdir():
+        if f.name.endswith(".sh"):
+            first = f.read_text().splitlines()[0].lstrip("# ").strip()
+            found[f.name.removesuffix(".sh")] = first
+    return dict(sorted(found.items()))
+
+
+def load_scenario(scenario: str) -> tuple[str, bytes]:
+    """Return (name, script) for a built-in name or a path to the user's own script."""
+    builtins = builtin_scenarios()
+    if scenario in builtins:
+        return scenario, resources.files("memtrace.lab").joinpath("scenarios", f"{scenario}.sh").read_bytes()
+    p = Path(scenario)
+    if p.is_file():
+        data = p.read_bytes()
+        if b"\0" in data:
+            raise InputError(f"{p}: not a shell script (binary data)")
+        return p.stem, data
+    if p.exists():
+        raise InputError(f"{p}: not a regular file")
+    raise InputError(f"unknown scenario {scenario!r}: not a file, and the built-ins are {', '.join(builtins)}")
+
+
+@dataclass
+class RunResult:
+    out: Path
+    meta: dict
+    pid: int | None = None  # set when the guest was left running
+    qmp_socket: Path | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def run(
+    scenario: str,
+    kernel_series: str,
+    out: Path,
+    *,
+    keep_running: bool = False,
+    vmcore: bool = True,
+    memory_mb: int = 512,
+    cpus: int = 2,
+    boot_timeout: float = 120,
+    scenario_timeout: float = 900,
+    kprobe_events: str | None = None,
+    force: bool = False,
+    progress=None,
+) -> RunResult:
+    """Run ``scenario`` on the lab kernel ``kernel_series``; write results to ``out``."""
+    say = progress or (lambda msg: None)
+    name, script = load_scenario(scenario)
+    kernels.series_of(kernel_series)
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        if not force:
+            raise InputError(f"{out}: exists and is not empty; choose another --out or pass --force")
+    from memtrace.lab.qemu import qemu_binary
+
+    qemu_binary()  # fail before the download if QEMU is missing
+    kernel = kernels.fetch(kernel_series, progress=say)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    # Sockets need short paths (108 bytes): the guest's runtime folder lives in /tmp.
+    rundir = Path(tempfile.mkdtemp(prefix="memtrace-guest-"))
+    detached = False
+    try:
+        initrd = initramfs.build(kernel, script, rundir / "initrd.gz", kprobe_events=kprobe_events)
+        disk = rundir / "out.img"
+        with open(disk, "wb") as f:
+            f.truncate(OUT_DISK_BYTES)
+        steps: list[dict] = []
+        t0 = time.time()
+        timings: dict[str, float] = {}
+        with Guest(
+            kernel=kernel.vmlinuz, initrd=initrd, rundir=rundir, out_disk=disk, memory_mb=memory_mb, cpus=cpus
+        ) as guest:
+            say(f"booting {kernel.release} ({cpus} vCPU, {memory_mb} MiB, TCG)")
+            guest.wait_for(r"MEMTRACE-BOOTED", boot_timeout)
+            timings["boot_s"] = round(time.time() - t0, 3)
+
+            def on_line(line: str) -> None:
+                if "MEMTRACE-STEP " in line:
+                    idx, step_name = line.split("MEMTRACE-STEP ", 1)[1].split()[:2]
+                    steps.append({"index": int(idx), "name": step_name, "host_time": time.time()})
+                    say(f"step {idx} {step_name}")
+                if "MEMTRACE-ERROR" in line:
+                    say(line[line.index("MEMTRACE-ERROR"):])
+
+            m = guest.wait_for(r"MEMTRACE-DONE rc=(\d+)", scenario_timeout, on_line=on_line)
+            timings["scenario_s"] = round(time.time() - t0 - timings["boot_s"], 3)
+            rc = int(m.group(1))
+            _collect_disk(disk, work / "guest")
+            shutil.copy(guest.serial_log, work / "serial.log")
+            if rc != 0:
+                log = (work / "guest" / "scenario.log").read_text(errors="replace").splitlines()[-15:]
+                raise GuestError(
+                    f"scenario {name!r} failed in the guest (exit {rc})",
+                    detail="scenario log tail:\n" + "\n".join("  " + l for l in log),
+                )
+            if vmcore:
+                say("dumping guest memory")
+                t1 = time.time()
+                guest.dump_memory(work / "vmcore")
+                timings["vmcore_s"] = round(time.time() - t1, 3)
+            g = work / "guest"
+            truth = build_truth(g)
+            for s in steps:
+                match = [t for t in truth["steps"] if t["index"] == s["index"]]
+                if match:
+                    s["uptime_s"] = match[0]["uptime_s"]
+            (work / "truth.json").write_text(json.dumps(truth, indent=1) + "\n")
+            os.replace(g / "trace.txt", work / "trace.txt")
+            os.replace(g / "scenario.log", work / "scenario.log")
+            meta = {
+                "schema": META_SCHEMA,
+                "scenario": name,
+                "scenario_sha256": hashlib.sha256(script).hexdigest(),
+                "kernel": {
+                    "series": kernel.series,
+                    "release": kernel.release,
+                    "package_version": kernel.package_version,
+                    "vmlinux": str(kernel.vmlinux),
+                    "vmlinux_build_id": kernel.build_id,
+                },
+                "guest": {"cpus": cpus, "memory_mb": memory_mb, "accel": "tcg", "qemu_args": guest.args},
+                "steps": steps,
+                "timings": timings,
+                "trace": _trace_meta(g),
+                "files": sorted(p.name for p in work.iterdir() if p.name != "guest") + ["meta.json"],
+            }
+            (work / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+            shutil.rmtree(g)
+            if out.exists():
+                shutil.rmtree(out)
+            os.replace(work, out)
+            result = RunResult(out=out, meta=meta)
+            if keep_running:
+                result.pid = guest.detach()
+                result.qmp_socket = guest.qmp_drgn
+                detached = True
+            return result
+    finally:
+        if work.exists():
+            shutil.rmtree(work, ignore_errors=True)
+        if not detached:
+            shutil.rmtree(rundir, ignore_errors=True)
+
+
+def _collect_disk(disk: Path, dest: Path) -> None:
+    dest.mkdir(parents=True)
+    try:
+        with tarfile.open(disk, "r:") as tar:
+            tar.extractall(dest, filter="data")
+    except tarfile.TarError as e:
+        raise GuestError(f"the guest wrote no readable results to its output disk: {e}") from None
+
+
+def _trace_meta(g: Path) -> dict:
+    stats = {}
+    sdir = g / "trace-stats"
+    if sdir.is_dir():
+        for f in sorted(sdir.iterdir()):
+            kv = {}
+            for line in f.read_text().splitlines():
+                k, _, v = line.partition(":")
+                v = v.strip().split()[0] if v.strip() else ""
+                try:
+                    kv[k.strip()] = float(v) if "." in v else int(v)
+                except ValueError:
+                    pass
+            stats[f.name] = kv
+    enabled = (g / "events-enabled.txt").read_text().split() if (g / "events-enabled.txt").exists() else []
+    probe_errors = (g / "probe-errors.txt").read_text().splitlines() if (g / "probe-errors.txt").exists() else []
+    return {
+        "format": "ftrace-text",
+        "clock": "boot",
+        "events_enabled": enabled,
+        "per_cpu_stats": stats,
+        "overruns": sum(s.get("overrun", 0) for s in stats.values()),
+        "probe_errors": probe_errors,
+        "kprobe_events_installed": (g / "kprobe_events.installed").read_text().splitlines()
+        if (g / "kprobe_events.installed").exists()
+        else [],
+    }
