@@ -7,6 +7,7 @@
 #   cg_read PATH FILE            print a cgroup file
 #   in_cg PATH CMD...            run CMD inside cgroup PATH (a fresh process; waits for it)
 #   create_map CG TYPE PIN ATTR...   mapctl create inside CG, noted in /out/maps-created.txt
+#   map_created ID TYPE PIN CG   note a map made another way (e.g. mapctl clone)
 #   mapctl ...                   the guest's BPF map tool (see mapctl.c)
 #   note KEY VALUE...            a fact for the host, in /out/notes.txt
 #
@@ -67,8 +68,13 @@ create_map() {
 	_pin="$3"
 	shift 3
 	_id=$(in_cg "$_cg" mapctl create "$_type" "$_pin" "$@")
-	echo "$_id $_type $_pin /$_cg step=$((MT_STEP + 1))" >> /out/maps-created.txt
+	map_created "$_id" "$_type" "$_pin" "$_cg"
 	echo "$_id"
+}
+
+# map_created ID TYPE PIN CG: note a map made by other means than create_map (e.g. clone)
+map_created() {
+	echo "$1 $2 $3 /$4 step=$((MT_STEP + 1))" >> /out/maps-created.txt
 }
 
 # Let exited tasks' RCU-deferred frees finish, then run one short task per CPU in a
@@ -112,7 +118,7 @@ step() {
 	echo "memtrace_step $_n $1" > "$TRACEFS/trace_marker"
 	cat /proc/uptime > "$_d/uptime"
 	mt_record "$_d"
-	echo "MEMTRACE-STEP $_n $1"
+	echo "MEMTRACE-STEP $_n $1" > /dev/console
 }
 
 mt_trace_start() {
@@ -164,10 +170,10 @@ mt_finish() {
 # then filled in another, pinned under $BPFFS by kind:
 #   hash_prealloc    hash, key 8, value 100, 4099 entries, 3001 filled
 #   hash_noprealloc  hash BPF_F_NO_PREALLOC, key 8, value 100, 5003 entries, 1201 filled
-#   percpu_hash      percpu hash, key 4, value 36, 1031 entries, 500 filled
+#   percpu_hash      percpu hash, key 4, value 1020, 1031 entries, 500 filled
 #   lru_hash         LRU hash, key 4, value 200, 2053 entries, 1000 filled
 #   array            array, value 76, 3001 entries, 3001 filled
-#   percpu_array     percpu array, value 44, 509 entries, 509 filled
+#   percpu_array     percpu array, value 1020, 509 entries, 509 filled
 #   ringbuf          ringbuf, 256 KiB
 #   lpm_trie         LPM trie (no-prealloc), key 4+4, value 16, 2003 entries, 997 filled
 #   hash_of_maps     hash of maps, 67 entries, 5 inner arrays (value 52, 211 entries) set
@@ -175,10 +181,10 @@ standard_maps() {
 	_cg="$1"
 	mt_map "$_cg" hash hash_prealloc 3001 key=8 value=100 entries=4099
 	mt_map "$_cg" hash hash_noprealloc 1201 key=8 value=100 entries=5003 flags=1
-	mt_map "$_cg" percpu_hash percpu_hash 500 key=4 value=36 entries=1031
+	mt_map "$_cg" percpu_hash percpu_hash 500 key=4 value=1020 entries=1031
 	mt_map "$_cg" lru_hash lru_hash 1000 key=4 value=200 entries=2053
 	mt_map "$_cg" array array 3001 key=4 value=76 entries=3001
-	mt_map "$_cg" percpu_array percpu_array 509 key=4 value=44 entries=509
+	mt_map "$_cg" percpu_array percpu_array 509 key=4 value=1020 entries=509
 	mt_map "$_cg" ringbuf ringbuf 0 key=0 value=0 entries=262144
 	mt_map "$_cg" lpm_trie lpm_trie 997 key=8 value=16 entries=2003 flags=1
 	create_map "$_cg" array "$BPFFS/inner_tmpl" key=4 value=52 entries=211 name=inner_tmpl > /dev/null

@@ -1,0 +1,210 @@
+"""Facts each built-in scenario must show on both real kernels, read from truth.json.
+
+Each assertion would fail if the scenario did something else: the numbers come from the
+kernel's own counters (memory.current, memory.events, bpftool), the expectations from the
+map shapes the scenario asks for.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+pytestmark = pytest.mark.lab
+
+PAGE = 4096
+
+
+def step(truth: dict, name: str) -> dict:
+    found = [s for s in truth["steps"] if s["name"] == name]
+    assert found, f"no step {name!r}; steps: {[s['name'] for s in truth['steps']]}"
+    return found[0]
+
+
+def prev_step(truth: dict, name: str) -> dict:
+    s = step(truth, name)
+    return truth["steps"][truth["steps"].index(s) - 1]
+
+
+def current(s: dict, cg: str) -> int:
+    return s["cgroups"][cg]["memory.current"]
+
+
+def delta(truth: dict, name: str, cg: str) -> int:
+    return current(step(truth, name), cg) - current(prev_step(truth, name), cg)
+
+
+def local(s: dict, cg: str) -> int:
+    """Charge held by `cg` itself: its memory.current minus its children's."""
+    kids = [p for p in s["cgroups"] if p.startswith(cg + "/") and p.count("/") == cg.count("/") + 1]
+    return current(s, cg) - sum(current(s, k) for k in kids)
+
+
+def ncpus(truth: dict) -> int:
+    return 2  # the lab's default --cpus, used by every test run
+
+
+def roundup_pow2(n: int) -> int:
+    return 1 << (n - 1).bit_length()
+
+
+# --- restart ---------------------------------------------------------------------------------
+
+
+def test_restart_maps_match_bpftool(lab, kernel):
+    truth = lab.truth("restart", kernel)
+    final = truth["steps"][-1]
+    shown = {m["id"]: m for m in final["maps"]}
+    pinned = {m["pin"]: m for m in truth["maps_created"] if not re.search(r"/inner(\d|_tmpl)$", m["pin"])}
+    # every pinned map is still there, with the type and pin the scenario gave it
+    for pin, made in pinned.items():
+        assert made["id"] in shown, f"{pin} (id {made['id']}) missing from bpftool"
+        m = shown[made["id"]]
+        assert m["type"] == made["type"]
+        assert pin in m.get("pinned", [])
+        assert m["name"] == pin.rsplit("/", 1)[1]
+    # the five inner maps live on, unpinned, held by the outer map
+    inner = [m for m in truth["maps_created"] if re.search(r"/inner\d$", m["pin"])]
+    assert len(inner) == 5
+    for m in inner:
+        assert m["id"] in shown and not shown[m["id"]].get("pinned")
+    assert set(final["fdinfo"]) == {str(i) for i in shown}
+
+
+def test_restart_prealloc_hash_charges_its_element_area(lab, kernel):
+    truth = lab.truth("restart", kernel)
+    key, value, entries = 8, 100, 4099
+    elem_size = 48 + key + ((value + 7) & ~7)  # sizeof(struct htab_elem) is 48 on x86-64
+    elems = elem_size * (entries + ncpus(truth))  # + one extra element per CPU
+    buckets = 16 * roundup_pow2(entries)
+    d = delta(truth, "create-hash_prealloc", "/pod/gen1")
+    assert d >= elems + buckets
+    assert d < (elems + buckets) * 1.1 + 16 * PAGE
+    # filling a preallocated hash allocates nothing
+    assert abs(delta(truth, "fill-hash_prealloc", "/pod/gen1")) <= 2 * PAGE
+
+
+def test_restart_percpu_values_are_not_charged_to_the_creator(lab, kernel):
+    """kernel-notes §1.3 (INFERRED): per-CPU values allocated during map_alloc go through
+    bpf_map_alloc_percpu while map->objcg is still NULL, so no memcg pays for them (6.0+)."""
+    truth = lab.truth("restart", kernel)
+    values = 509 * 1024 * ncpus(truth)  # percpu_array: 509 entries x round_up(1020, 8) per CPU
+    d = delta(truth, "create-percpu_array", "/pod/gen1")
+    assert d < values / 4, f"creating the percpu array charged {d} B; values are {values} B"
+    stat = step(truth, "create-percpu_array")["cgroups"]["/pod/gen1"]["memory.stat"]
+    assert stat["percpu"] < values / 4
+
+
+def test_restart_rmdir_moves_the_charge_to_the_parent(lab, kernel):
+    truth = lab.truth("restart", kernel)
+    before = step(truth, "gen1-exited")
+    after = step(truth, "rmdir-gen1")
+    gen1 = current(before, "/pod/gen1")
+    assert gen1 > 1_000_000  # the maps' charge
+    assert not before["cgroups"]["/pod/gen1"]["populated"]
+    assert "/pod/gen1" not in after["cgroups"]
+    assert local(before, "/pod") < 64 * 1024
+    # the parent now holds, as its own, what gen1 held
+    assert local(after, "/pod") >= 0.95 * gen1
+
+
+def test_restart_gen2_updates_charge_the_parent_not_gen2(lab, kernel):
+    truth = lab.truth("restart", kernel)
+    start, upd = step(truth, "gen2-start"), step(truth, "gen2-updated")
+    grew_pod = local(upd, "/pod") - local(start, "/pod")
+    grew_gen2 = current(upd, "/pod/gen2") - current(start, "/pod/gen2")
+    # 400 new no-prealloc elements (160 B + 8 B header each, in kmalloc-cg-192) + 300 LPM nodes
+    assert grew_pod >= 400 * 160
+    assert grew_gen2 < grew_pod / 4
+
+
+# --- ghost -------------------------------------------------------------------------------------
+
+
+def test_ghost_gen1_keeps_being_charged_until_its_limit(lab, kernel):
+    truth = lab.truth("ghost", kernel)
+    limited = step(truth, "gen1-limited")
+    g1 = limited["cgroups"]["/pod/gen1"]
+    assert g1["populated"] is False and g1["memory.max"] is not None
+    upd = step(truth, "gen2-updated")
+    g1u = upd["cgroups"]["/pod/gen1"]
+    assert g1u["populated"] is False
+    # the unpopulated gen1 was charged for gen2's inserts, up to its limit (within a page)
+    assert g1u["memory.current"] > g1["memory.current"] + 128 * 1024
+    assert g1u["memory.current"] <= g1u["memory.max"] + PAGE
+    grew_gen2 = current(upd, "/pod/gen2") - current(step(truth, "gen2-start"), "/pod/gen2")
+    assert grew_gen2 < 64 * 1024
+
+
+def test_ghost_updates_fail_silently_at_the_limit(lab, kernel):
+    """GFP_NOWAIT element allocations over memory.max fail (ENOMEM) and raise no event."""
+    truth = lab.truth("ghost", kernel)
+    results = re.findall(r"done=(\d+) failed=(\d+) errno=(\d+)", " ".join(truth["notes"]))
+    assert any(int(failed) > 0 and errno == "12" for _, failed, errno in results), results
+    final = truth["steps"][-1]["cgroups"]["/pod/gen1"]
+    assert final["memory.events"]["max"] == 0
+    assert final["memory.events"]["oom"] == 0
+
+
+# --- force ------------------------------------------------------------------------------------
+
+
+def test_force_charge_goes_above_max_and_counts_a_max_event(lab, kernel):
+    truth = lab.truth("force", kernel)
+    limit = step(truth, "limit-set")["cgroups"]["/pod/genf"]
+    assert limit["memory.max"] == limit["memory.current"]
+    assert limit["memory.events"]["max"] == 0
+    forced = step(truth, "force-charged")["cgroups"]["/pod/genf"]
+    assert forced["populated"] is False  # the charging task sat in the root cgroup
+    assert forced["memory.current"] > forced["memory.max"] + 16 * PAGE
+    # since 6.0 a forced charge raises MEMCG_MAX (kernel-notes §5)
+    assert forced["memory.events"]["max"] > 0
+    assert re.search(r"done=3000 failed=0", " ".join(truth["notes"]))
+
+
+# --- recharge ---------------------------------------------------------------------------------
+
+
+def test_recharge_double_charges_then_moves(lab, kernel):
+    truth = lab.truth("recharge", kernel)
+    old_charge = delta(truth, "create-inner_v1", "/pod/gen1")
+    assert old_charge > 100 * 1024  # 1021-entry prealloc hash, value 64
+    before = step(truth, "gen2-start")
+    copied = step(truth, "recharge-copied")
+    dropped = step(truth, "recharge-old-dropped")
+    # the old inner map is held by the parent (gen1 is gone), the copy by gen2: both at once
+    assert local(before, "/pod") >= 0.95 * old_charge
+    new_charge = current(copied, "/pod/gen2") - current(before, "/pod/gen2")
+    assert new_charge >= 0.95 * old_charge
+    assert local(copied, "/pod") >= 0.95 * old_charge
+    # once swapped and dropped, only the new one is charged
+    assert local(dropped, "/pod") < 0.05 * old_charge + 16 * PAGE
+    assert current(dropped, "/pod/gen2") >= 0.95 * old_charge
+    ids = re.findall(r"inner map id (\d+)", " ".join(truth["notes"]))
+    assert len(ids) == 2 and ids[0] != ids[1]
+
+
+# --- outputs -------------------------------------------------------------------------------------
+
+
+def test_run_outputs_are_complete(lab, kernel):
+    import json
+
+    out = lab.get("restart", kernel)
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["kernel"]["series"] == kernel
+    assert meta["kernel"]["release"].startswith(kernel + ".")
+    assert len(meta["kernel"]["vmlinux_build_id"]) == 40
+    assert [s["name"] for s in meta["steps"]] == [s["name"] for s in lab.truth("restart", kernel)["steps"]]
+    assert all("uptime_s" in s and "host_time" in s for s in meta["steps"])
+    vmcore = out / "vmcore"
+    with open(vmcore, "rb") as f:
+        assert f.read(4) == b"\x7fELF"
+    assert vmcore.stat().st_size >= 512 << 20
+    trace = (out / "trace.txt").read_text(errors="replace")
+    assert "memtrace_step" in trace
+    for ev in ("kmalloc:", "kmem_cache_alloc:", "percpu_alloc_percpu:", "cgroup_mkdir:", "cgroup_rmdir:"):
+        assert ev in trace, ev
+    assert "(____ptrval____)" not in trace  # pointers are real (no_hash_pointers)
+    assert meta["trace"]["overruns"] == 0
