@@ -1,0 +1,61 @@
+"""memtrace capture: record memtrace's probes on this host into an ftrace text file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from memtrace.cli.app import app, err, out
+
+
+@app.command("capture")
+def capture_cmd(
+    output: Path = typer.Option(..., "--out", "-o", help="ftrace text file to write (atomically: temp + rename)."),
+    duration: Optional[float] = typer.Option(None, "--duration", "-d", help="Seconds to record (default: until Ctrl-C/SIGTERM).", min=0),
+    tracefs: Optional[Path] = typer.Option(None, "--tracefs", help="tracefs mount point (default: from /proc/mounts)."),
+    buffer_kb: int = typer.Option(16384, "--buffer-kb", help="Per-CPU ring buffer size in KiB.", min=64),
+    all_probes: bool = typer.Option(False, "--all", help="Include probes marked default=false."),
+    only: Optional[List[str]] = typer.Option(None, "--only", help="Only these probe names (repeatable)."),
+    defs: Optional[List[Path]] = typer.Option(None, "--defs", help="Probe definition TOML files (default: probes/*.toml)."),
+    no_instance: bool = typer.Option(False, "--no-instance", help="Record in the top-level buffer instead of a tracefs instance."),
+    json_out: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
+) -> None:
+    """Install memtrace's kprobes (for the running kernel), enable its tracepoints, record,
+    and remove everything it created on any exit. Needs root and a mounted tracefs."""
+    from memtrace.sources.kernel.target import find_tracefs, live_target
+    from memtrace.sources.trace import capture, probedefs
+
+    root = find_tracefs(tracefs)
+    capture.check_access(root)
+    target = live_target(root)
+    ps = probedefs.generate(target, probedefs.load_definitions(defs or None), include_all=all_probes, only=only)
+    for p in ps.skipped:
+        err.print(f"memtrace: skipped probe {p.event}: {p.skipped}", markup=False)
+    cap = capture.Capture(
+        root, ps, output, duration=duration, buffer_kb=buffer_kb, use_instance=not no_instance,
+        progress=lambda m: err.print(f"capture: {m}", markup=False),
+    )
+    res = cap.run()
+    for f in res.probes_failed:
+        err.print(f"memtrace: warning: probe {f['probe']} not installed: {f['error']}", markup=False)
+    for f in res.tracepoints_failed:
+        err.print(f"memtrace: warning: tracepoint {f['event']} not enabled: {f['error']}", markup=False)
+    for c in res.cleanup_errors:
+        err.print(f"memtrace: error: cleanup: {c}", markup=False)
+    if res.lost_total:
+        err.print(f"memtrace: warning: {res.lost_total} events lost (ring buffer overrun); use --buffer-kb", markup=False)
+    err.print(
+        f"wrote {res.path}: {res.bytes_written:,} bytes in {res.duration_s:.1f} s; "
+        f"{len(res.probes_installed)} probes, {len(res.tracepoints_enabled)} tracepoints, "
+        f"{len(res.probes_failed)} probes failed, {len(ps.skipped)} skipped, {res.lost_total} events lost",
+        markup=False,
+    )
+    if json_out:
+        d = res.as_dict()
+        d["probes_skipped"] = [{"probe": p.event, "reason": p.skipped} for p in ps.skipped]
+        out.print_json(json.dumps(d))
+    if res.cleanup_errors:
+        raise typer.Exit(3)
