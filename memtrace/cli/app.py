@@ -30,6 +30,8 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 def _register() -> None:
     # Each command group lives in its own module and adds itself to `app`.
     from memtrace.cli import lab  # noqa: F401
+    from memtrace.cli import snapshot  # noqa: F401
+    from memtrace.cli import ingest  # noqa: F401
     from memtrace.cli import probes  # noqa: F401
     from memtrace.cli import capture  # noqa: F401
 

@@ -1,0 +1,178 @@
+"""Memory cgroups: enumeration (dying ones included), state, counters, objcgs, stocks.
+
+* Enumeration: ``css_for_each_descendant_pre(&root_mem_cgroup->css)`` visits offline
+  memcgs until ``css_release_work_fn`` unlinks them, so dying memcgs are included. The
+  memcg id idr/xarray is not used: ids are dropped at offline.
+* An objcg is reparented iff its percpu_ref was killed (``__PERCPU_REF_DEAD``): only
+  ``memcg_reparent_objcgs`` kills it. Linux kernel commit bf4f059954dc ("mm: memcg/slab:
+  obj_cgroup API") (in v5.9) introduced objcgs.
+* ``memcg->orig_objcg`` survives reparenting (6.7+; Linux kernel commit e86828e5446d ("mm:
+  kmem: make memcg keep a reference to the original objcg") (in v6.7)). It is how a
+  reparented objcg finds the memcg it came from while that memcg is not yet freed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+from drgn import Object, Program, cast, container_of
+from drgn.helpers.linux.cgroup import cgroup_path, css_for_each_descendant_pre
+from drgn.helpers.linux.cpumask import for_each_possible_cpu
+from drgn.helpers.linux.list import list_for_each_entry
+from drgn.helpers.linux.percpu import per_cpu
+
+CSS_NO_REF = 1
+CSS_ONLINE = 2
+CSS_RELEASED = 4
+CSS_VISIBLE = 8
+CSS_DYING = 16
+__PERCPU_REF_DEAD = 2
+PAGE_COUNTER_MAX_PAGES = (1 << 63) - 1
+
+
+def root_mem_cgroup(prog: Program) -> Object:
+    """``struct mem_cgroup *`` of the root."""
+    return prog["root_mem_cgroup"]
+
+
+def memcg_for_each(prog: Program) -> Iterator[Object]:
+    """Every ``struct mem_cgroup *``: the root, then descendants pre-order, offline
+    (dying) ones included."""
+    root = root_mem_cgroup(prog)
+    for css in css_for_each_descendant_pre(root.css.address_of_()):
+        yield container_of(css, "struct mem_cgroup", "css")
+
+
+def memcg_cgroup_id(memcg: Object) -> int:
+    """cgroup id (cgroup2 inode number, ``kn->id``) of a memcg's cgroup."""
+    return memcg.css.cgroup.kn.id.value_()
+
+
+def memcg_path(memcg: Object) -> str:
+    """cgroup path of a memcg ("/" for the root). For a dying memcg this is its old path."""
+    p = cgroup_path(memcg.css.cgroup).decode(errors="replace")
+    return p or "/"
+
+
+def memcg_is_online(memcg: Object) -> bool:
+    return bool(memcg.css.flags.value_() & CSS_ONLINE)
+
+
+def memcg_populated(memcg: Object) -> bool:
+    """Whether the memcg's cgroup (or a descendant) has tasks (``cgroup_is_populated``)."""
+    cg = memcg.css.cgroup
+    n = cg.nr_populated_csets.value_() + cg.nr_populated_domain_children.value_()
+    try:
+        n += cg.nr_populated_threaded_children.value_()
+    except AttributeError:
+        pass
+    return n > 0
+
+
+def memcg_usage_pages(memcg: Object) -> int:
+    """``page_counter_read(&memcg->memory)``: memory.current in pages."""
+    return memcg.memory.usage.counter.value_()
+
+
+def memcg_max_pages(memcg: Object) -> int | None:
+    """memory.max in pages, None for "max"."""
+    v = memcg.memory.max.value_()
+    return None if v >= PAGE_COUNTER_MAX_PAGES // memcg.prog_["PAGE_SIZE"].value_() else v
+
+
+def memcg_events(memcg: Object, local: bool = False) -> dict[str, int]:
+    """memory.events (or memory.events.local) as {"low": n, "high": n, "max": n, ...}."""
+    prog = memcg.prog_
+    arr = memcg.memory_events_local if local else memcg.memory_events
+    out = {}
+    et = prog.type("enum memcg_memory_event")
+    for name, value in et.enumerators:
+        if name == "MEMCG_NR_MEMORY_EVENTS":
+            continue
+        out[name.removeprefix("MEMCG_").lower()] = arr[value].counter.value_()
+    return out
+
+
+def objcg_memcg(objcg: Object) -> Object:
+    """``obj_cgroup_memcg()``: the memcg an objcg charges now (after reparenting: the
+    nearest online ancestor)."""
+    return objcg.memcg.read_()
+
+
+def objcg_is_reparented(objcg: Object) -> bool:
+    """Whether ``memcg_reparent_objcgs`` killed this objcg (its percpu_ref is DEAD)."""
+    return bool(objcg.refcnt.percpu_count_ptr.value_() & __PERCPU_REF_DEAD)
+
+
+def memcg_objcg(memcg: Object) -> Object | None:
+    """The memcg's live objcg (NULL once offline), or None when the kernel has none."""
+    try:
+        return memcg.objcg.read_()
+    except AttributeError:
+        return None
+
+
+def memcg_orig_objcg(memcg: Object) -> Object | None:
+    """``memcg->orig_objcg`` (6.7+), else None."""
+    try:
+        return memcg.orig_objcg.read_()
+    except AttributeError:
+        return None
+
+
+def memcg_objcgs_for_each(memcg: Object) -> Iterator[Object]:
+    """Every objcg that charges this memcg: its own plus the reparented ones on
+    ``objcg_list``."""
+    own = memcg_objcg(memcg)
+    if own is not None and own.value_():
+        yield own
+    try:
+        head = memcg.objcg_list.address_of_()
+    except AttributeError:
+        return
+    yield from list_for_each_entry("struct obj_cgroup", head, "list")
+
+
+@dataclass
+class StockEntry:
+    cpu: int
+    cached_memcg: int  # struct mem_cgroup * whose pages are in the stock, 0 if none
+    nr_pages: int
+    cached_objcg: int  # struct obj_cgroup * of the byte stock, 0 if none
+    nr_bytes: int
+
+
+def memcg_stock_for_each(prog: Program) -> Iterator[StockEntry]:
+    """The per-CPU charge stocks (``memcg_stock``). 5.x-7.0 layout: one cached memcg and
+    one cached objcg per CPU. 7.1 (several cached memcgs, separate ``obj_stock``) is
+    read from ``cached[]``/``nr_pages[]`` and ``obj_stock`` when those exist."""
+    try:
+        var = prog["memcg_stock"]
+    except KeyError:
+        return
+    obj_var = None
+    try:
+        obj_var = prog["obj_stock"]
+    except KeyError:
+        pass
+    for cpu in for_each_possible_cpu(prog):
+        st = per_cpu(var, cpu)
+        cached = st.cached
+        nr = st.nr_pages
+        if cached.type_.kind.name == "ARRAY":
+            for i in range(len(cached)):
+                yield StockEntry(cpu, cached[i].value_(), nr[i].value_(), 0, 0)
+            cm, np_ = 0, 0
+        else:
+            cm, np_ = cached.value_(), nr.value_()
+        ost = per_cpu(obj_var, cpu) if obj_var is not None else st
+        try:
+            co, nb = ost.cached_objcg.value_(), ost.nr_bytes.value_()
+        except AttributeError:
+            co, nb = 0, 0
+        yield StockEntry(cpu, cm, np_, co, nb)
+
+
+def cast_objcg(prog: Program, addr: int) -> Object:
+    return cast("struct obj_cgroup *", Object(prog, "unsigned long", addr))

@@ -1,0 +1,429 @@
+"""`memtrace snapshot` source: open a kernel with drgn and build the snapshot tables.
+
+Targets: the running kernel (``/proc/kcore``), a vmcore (ELF), or a QEMU guest through
+its QMP socket. Debug info comes from ``--vmlinux`` (checked against the kernel's
+VMCOREINFO ``BUILD-ID``) or drgn's default search.
+
+Live kernels change under the walk: every per-map and per-memcg step is guarded, drgn
+faults are counted and reported, and the maps they touched are marked incomplete.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import struct
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from memtrace.errors import EnvironmentProblem, InputError
+from memtrace.tables.snapshot import Snapshot, coerce
+
+Progress = Callable[[str, int, int], None]
+
+
+# -- opening a target ------------------------------------------------------------------
+
+
+def _check_elf_core(path: Path) -> None:
+    """One-line InputError if ``path`` is not a readable, complete ELF core."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            hdr = f.read(64)
+            if hdr[:4] != b"\x7fELF":
+                raise InputError(f"{path}: not an ELF vmcore (kdump-compressed and flattened formats are not supported here)")
+            if hdr[4] != 2:
+                raise InputError(f"{path}: not a 64-bit ELF vmcore")
+            e_type = struct.unpack_from("<H", hdr, 16)[0]
+            if e_type != 4:
+                raise InputError(f"{path}: ELF file is not a core dump (e_type {e_type})")
+            phoff = struct.unpack_from("<Q", hdr, 0x20)[0]
+            phentsize, phnum = struct.unpack_from("<HH", hdr, 0x36)
+            f.seek(phoff)
+            ph = f.read(phentsize * phnum)
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except PermissionError:
+        raise EnvironmentProblem(f"{path}: permission denied") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a directory, not a vmcore") from None
+    if len(ph) < phentsize * phnum:
+        raise InputError(f"{path}: truncated vmcore (program headers cut off)")
+    end = 0
+    for i in range(phnum):
+        p_offset, p_vaddr, p_paddr, p_filesz = struct.unpack_from("<QQQQ", ph, i * phentsize + 8)
+        end = max(end, p_offset + p_filesz)
+    if end > size:
+        raise InputError(f"{path}: truncated vmcore ({size:,} bytes, its segments need {end:,})")
+
+
+def _vmcoreinfo(prog) -> dict[str, str]:
+    raw = prog["VMCOREINFO"].string_().decode(errors="replace")
+    return dict(line.split("=", 1) for line in raw.splitlines() if "=" in line)
+
+
+def open_target(
+    *, live: bool = False, vmcore: Path | None = None, qmp: Path | None = None, vmlinux: Path | None = None
+):
+    """Return ``(prog, target)`` with debug info loaded; ``target`` describes it (dict)."""
+    import drgn
+
+    prog = drgn.Program()
+    if live:
+        kcore = Path("/proc/kcore")
+        if not os.access(kcore, os.R_OK):
+            raise EnvironmentProblem(f"{kcore}: permission denied; live mode needs root (or use --vmcore FILE)")
+        try:
+            prog.set_kernel()
+        except (OSError, ValueError) as e:
+            raise EnvironmentProblem(f"/proc/kcore: cannot open the running kernel: {e}") from None
+        target = {"kind": "live", "path": "/proc/kcore"}
+    elif vmcore is not None:
+        vmcore = Path(vmcore)
+        _check_elf_core(vmcore)
+        try:
+            prog.set_core_dump(str(vmcore))
+        except (OSError, ValueError) as e:
+            raise InputError(f"{vmcore}: drgn cannot open it as a vmcore: {e}") from None
+        target = {"kind": "vmcore", "path": str(vmcore)}
+    elif qmp is not None:
+        qmp = Path(qmp)
+        if not qmp.exists():
+            raise InputError(f"{qmp}: no such QMP socket")
+        try:
+            prog.set_qemu_qmp(str(qmp))
+        except (OSError, ValueError) as e:
+            raise EnvironmentProblem(f"{qmp}: cannot attach to the QEMU guest: {e}") from None
+        target = {"kind": "qmp", "path": str(qmp)}
+    else:
+        raise InputError("no target: pass --live, --vmcore FILE, --qmp SOCKET or --from FILE")
+    try:
+        info = _vmcoreinfo(prog)
+    except (KeyError, LookupError, drgn.FaultError):
+        raise InputError(f"{target['path']}: no VMCOREINFO; not a Linux kernel image drgn can read") from None
+    release = info.get("OSRELEASE", "?")
+    build_id = info.get("BUILD-ID")
+    if vmlinux is not None:
+        from memtrace.sources.elf import read_build_id
+
+        vmlinux = Path(vmlinux)
+        if not vmlinux.is_file():
+            raise InputError(f"{vmlinux}: no such vmlinux")
+        file_id = read_build_id(vmlinux)
+        if build_id and file_id != build_id.lower():
+            raise InputError(
+                f"{vmlinux}: build id {file_id} does not match the kernel's {build_id} ({release}); pass the matching vmlinux"
+            )
+        try:
+            prog.load_debug_info([str(vmlinux)])
+        except drgn.MissingDebugInfoError as e:
+            raise InputError(f"{vmlinux}: drgn could not use it: {str(e).splitlines()[0]}") from None
+    else:
+        try:
+            prog.load_default_debug_info()
+        except drgn.MissingDebugInfoError:
+            try:
+                prog["init_task"]
+            except KeyError:
+                raise EnvironmentProblem(
+                    f"no debug info found for kernel {release} (build id {build_id}); pass --vmlinux FILE"
+                ) from None
+    target.update(kernel_release=release, build_id=build_id, vmlinux=str(vmlinux) if vmlinux else None)
+    return prog, target
+
+
+# -- the walk ------------------------------------------------------------------------------
+
+
+def _nullable(v: int) -> int | None:
+    return v if v else None
+
+
+def take_snapshot(prog, target: dict, progress: Progress | None = None) -> Snapshot:
+    """Walk every BPF map and memcg of ``prog`` and return the snapshot tables."""
+    import drgn
+    from drgn import Object
+
+    from memtrace.sources.kernel import bpf as kbpf
+    from memtrace.sources.kernel import memcg as kmemcg
+
+    say = progress or (lambda stage, done, total: None)
+    t0 = time.time()
+    faults = 0
+    notes: list[str] = []
+    page_size = prog["PAGE_SIZE"].value_()
+
+    # memcgs first: the maps refer to them
+    memcg_rows: dict[int, dict] = {}
+    memcg_objs: dict[int, Object] = {}
+    root_addr = kmemcg.root_mem_cgroup(prog).value_()
+    say("memcgs", 0, 0)
+    try:
+        for m in kmemcg.memcg_for_each(prog):
+            try:
+                addr = m.value_()
+                flags = m.css.flags.value_()
+                online = bool(flags & kmemcg.CSS_ONLINE)
+                ev = kmemcg.memcg_events(m)
+                mx = kmemcg.memcg_max_pages(m)
+                oc = kmemcg.memcg_objcg(m)
+                orig = kmemcg.memcg_orig_objcg(m)
+                charged = 0
+                for o in kmemcg.memcg_objcgs_for_each(m):
+                    charged += o.nr_charged_bytes.counter.value_()
+                memcg_rows[addr] = {
+                    "cgroup_id": kmemcg.memcg_cgroup_id(m),
+                    "path": kmemcg.memcg_path(m),
+                    "memcg_address": addr,
+                    "css_flags": flags,
+                    "online": online,
+                    "dying": (not online or bool(flags & kmemcg.CSS_DYING)) and not flags & kmemcg.CSS_RELEASED,
+                    "populated": kmemcg.memcg_populated(m),
+                    "memory_current_bytes": kmemcg.memcg_usage_pages(m) * page_size,
+                    "memory_max_bytes": None if mx is None else mx * page_size,
+                    "events_max": ev.get("max", 0),
+                    "events_oom": ev.get("oom", 0),
+                    "events_oom_kill": ev.get("oom_kill", 0),
+                    "events_high": ev.get("high", 0),
+                    "objcg": _nullable(oc.value_()) if oc is not None else None,
+                    "orig_objcg": _nullable(orig.value_()) if orig is not None else None,
+                    "stock_bytes": 0,
+                    "obj_stock_bytes": 0,
+                    "objcg_charged_bytes": charged,
+                    "bpf_bytes": 0,
+                    "bpf_maps_owned": 0,
+                }
+                memcg_objs[addr] = m
+            except drgn.FaultError:
+                faults += 1
+    except drgn.FaultError:
+        faults += 1
+        notes.append("the memcg tree walk faulted; memcgs may be missing")
+
+    objcg_memcg_cache: dict[int, int] = {}
+
+    def objcg_to_memcg(objcg: int) -> int:
+        if objcg not in objcg_memcg_cache:
+            try:
+                objcg_memcg_cache[objcg] = kmemcg.cast_objcg(prog, objcg).memcg.value_()
+            except drgn.FaultError:
+                objcg_memcg_cache[objcg] = 0
+        return objcg_memcg_cache[objcg]
+
+    def memcg_id(memcg: int) -> int | None:
+        if not memcg:
+            return None
+        row = memcg_rows.get(memcg)
+        if row:
+            return row["cgroup_id"]
+        try:
+            return kmemcg.memcg_cgroup_id(Object(prog, "struct mem_cgroup *", memcg))
+        except drgn.FaultError:
+            return None
+
+    for s in kmemcg.memcg_stock_for_each(prog):
+        if s.cached_memcg in memcg_rows:
+            memcg_rows[s.cached_memcg]["stock_bytes"] += s.nr_pages * page_size
+        if s.cached_objcg:
+            mc = objcg_to_memcg(s.cached_objcg)
+            if mc in memcg_rows:
+                memcg_rows[mc]["obj_stock_bytes"] += s.nr_bytes
+
+    # maps
+    say("pins", 0, 0)
+    try:
+        pins = kbpf.bpf_map_pins(prog)
+    except drgn.FaultError:
+        faults += 1
+        pins = {}
+        notes.append("reading bpffs pins faulted; pins may be missing")
+    maps = []
+    try:
+        maps = list(kbpf.bpf_maps(prog))
+    except drgn.FaultError:
+        faults += 1
+        notes.append("walking map_idr faulted; maps may be missing")
+    walker = kbpf.MapMemoryWalker(prog)
+    batches = []
+    map_rows = []
+    for i, m in enumerate(maps):
+        say("maps", i, len(maps))
+        complete = True
+        try:
+            mid = m.id.value_()
+            before = walker.stats.truncated_chains
+            try:
+                b = walker.walk(m)
+                batches += b
+            except drgn.FaultError:
+                faults += 1
+                complete = False
+            if walker.stats.truncated_chains != before:
+                complete = False
+            kind, owner = kbpf.bpf_map_owner(m)
+            row = {
+                "map_id": mid,
+                "name": m.name.string_().decode(errors="replace"),
+                "type": kbpf.bpf_map_type_name(m),
+                "flags": m.map_flags.value_(),
+                "key_size": m.key_size.value_(),
+                "value_size": m.value_size.value_(),
+                "max_entries": m.max_entries.value_(),
+                "pins": ";".join(pins.get(m.value_(), [])),
+                "map_address": m.value_(),
+                "owner_kind": kind,
+                "owner_objcg": _nullable(owner) if kind == "objcg" else None,
+                "complete": complete,
+            }
+            try:
+                row["mem_usage_bytes"] = kbpf.bpf_map_mem_usage(m)
+                row["memlock_bytes"] = kbpf.bpf_map_memlock(m)
+            except drgn.FaultError:
+                faults += 1
+                row["mem_usage_bytes"] = row["memlock_bytes"] = None
+            # owner memcg and its state
+            state, owner_memcg, orig_memcg = "none", 0, 0
+            if kind == "objcg" and owner:
+                try:
+                    oc = kmemcg.cast_objcg(prog, owner)
+                    owner_memcg = oc.memcg.value_()
+                    if kmemcg.objcg_is_reparented(oc):
+                        state = "reparented"
+                        for addr, r in memcg_rows.items():
+                            if r["orig_objcg"] == owner:
+                                orig_memcg = addr
+                                break
+                    else:
+                        orig_memcg = owner_memcg
+                except drgn.FaultError:
+                    faults += 1
+                    complete = False
+            elif kind == "memcg" and owner:
+                owner_memcg = orig_memcg = owner
+            if owner_memcg and state == "none":
+                r = memcg_rows.get(owner_memcg)
+                if r is None or not r["online"]:
+                    state = "dying"
+                elif not r["populated"] and owner_memcg != root_addr:
+                    state = "ghost"
+                else:
+                    state = "online"
+            if owner_memcg in memcg_rows:
+                memcg_rows[owner_memcg]["bpf_maps_owned"] += 1
+            row.update(
+                owner_cgroup_id=memcg_id(owner_memcg),
+                owner_path=memcg_rows[owner_memcg]["path"] if owner_memcg in memcg_rows else None,
+                owner_state=state,
+                original_cgroup_id=memcg_id(orig_memcg),
+                original_path=memcg_rows[orig_memcg]["path"] if orig_memcg in memcg_rows else None,
+                complete=complete,
+            )
+            map_rows.append(row)
+        except drgn.FaultError:
+            faults += 1
+            notes.append(f"map at {m.value_():#x} could not be read")
+    say("maps", len(maps), len(maps))
+
+    # allocations table
+    ncpu = walker.ncpu
+    if batches:
+        kind = np.concatenate([b.kind for b in batches]).astype(str)
+        size = np.concatenate([b.size for b in batches]).astype(np.int64)
+        objcg = np.concatenate([b.objcg for b in batches]).astype(np.uint64)
+        alloc = pd.DataFrame(
+            {
+                "map_id": np.concatenate([np.full(len(b), b.map_id, dtype=np.int64) for b in batches]),
+                "role": np.concatenate([np.full(len(b), b.role, dtype=object) for b in batches]),
+                "kind": kind,
+                "address": np.concatenate([b.address for b in batches]).astype(np.uint64),
+                "size_bytes": size,
+                "objcg": objcg,
+                "slab_cache": np.concatenate([b.cache for b in batches]),
+            }
+        )
+    else:
+        alloc = pd.DataFrame(
+            {k: pd.Series([], dtype=t) for k, t in [("map_id", "int64"), ("role", object), ("kind", object), ("address", "uint64"), ("size_bytes", "int64"), ("objcg", "uint64"), ("slab_cache", object)]}
+        )
+    charged = alloc["objcg"].to_numpy() != 0
+    k = alloc["kind"].to_numpy()
+    sz = alloc["size_bytes"].to_numpy()
+    is_slab = k == "slab_object"
+    is_pcpu = k == "percpu"
+    full = np.where(is_slab, sz + 8, np.where(is_pcpu, sz * ncpu + (sz >> 2) * 8, sz))
+    alloc["charged_bytes"] = np.where(charged, full, 0).astype(np.int64)
+    alloc["size_bytes"] = np.where(is_pcpu, sz * ncpu, sz).astype(np.int64)
+    uniq = np.unique(alloc["objcg"].to_numpy()[charged])
+    oc2memcg = {int(o): objcg_to_memcg(int(o)) for o in uniq}
+    oc2id = {o: memcg_id(mc) for o, mc in oc2memcg.items()}
+    oc_np = alloc["objcg"].to_numpy()
+    alloc["charged_cgroup_id"] = _map_nullable(oc_np, oc2id)
+    alloc["objcg"] = pd.arrays.IntegerArray(oc_np.astype(np.uint64), ~charged)
+    alloc["slab_cache"] = alloc["slab_cache"].where(alloc["slab_cache"] != "", None)
+    alloc = coerce("allocations", alloc)
+
+    # per-memcg and per-map sums
+    by_oc = pd.Series(alloc["charged_bytes"].to_numpy()[charged]).groupby(oc_np[charged]).sum()
+    for o, total in by_oc.items():
+        mc = oc2memcg.get(int(o))
+        if mc in memcg_rows:
+            memcg_rows[mc]["bpf_bytes"] += int(total)
+    per_map = alloc.groupby("map_id").agg(
+        charged_bytes=("charged_bytes", "sum"), size_bytes=("size_bytes", "sum"), allocations=("address", "size")
+    )
+    unch = alloc[alloc["charged_bytes"] == 0].groupby("map_id")["size_bytes"].sum()
+    for row in map_rows:
+        mid = row["map_id"]
+        row["charged_bytes"] = int(per_map["charged_bytes"].get(mid, 0))
+        row["uncharged_bytes"] = int(unch.get(mid, 0))
+        row["allocations"] = int(per_map["allocations"].get(mid, 0))
+
+    for addr, r in memcg_rows.items():
+        if addr == root_addr:
+            r["state"] = "root"
+        elif not r["online"]:
+            r["state"] = "dying"
+        elif not r["populated"] and r["bpf_bytes"] > 0:
+            r["state"] = "ghost"
+        else:
+            r["state"] = "online"
+
+    from memtrace.tables.snapshot import frame
+
+    maps_df = frame("maps", map_rows)
+    memcgs_df = frame("memcgs", list(memcg_rows.values()))
+    faults += walker.stats.faults
+    notes += walker.stats.notes
+    if walker.stats.truncated_chains:
+        notes.append(f"{walker.stats.truncated_chains} list/chain walks were cut (loop or live change)")
+    header = {
+        "kernel": {"release": target.get("kernel_release"), "build_id": target.get("build_id"), "vmlinux": target.get("vmlinux")},
+        "target": {"kind": target["kind"], "path": target["path"]},
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "walk_s": round(time.time() - t0, 3),
+        "faults": faults,
+        "complete": faults == 0 and bool(maps_df["complete"].all() if len(maps_df) else True),
+        "page_size": page_size,
+        "possible_cpus": ncpu,
+        "notes": notes,
+    }
+    return Snapshot(header=header, maps=maps_df, allocations=alloc, memcgs=memcgs_df)
+
+
+def _map_nullable(objcgs: np.ndarray, oc2id: dict) -> pd.arrays.IntegerArray:
+    """objcg -> cgroup id, vectorised: NULL for 0 or unknown."""
+    out = np.zeros(len(objcgs), dtype=np.int64)
+    mask = np.ones(len(objcgs), dtype=bool)
+    for o, cid in oc2id.items():
+        if cid is None:
+            continue
+        sel = objcgs == np.uint64(o)
+        out[sel] = cid
+        mask[sel] = False
+    return pd.arrays.IntegerArray(out, mask)
