@@ -1,0 +1,59 @@
+"""Trace captures → the event table (`memtrace.tables.events`).
+
+`load_trace(path)` sniffs the format (ftrace text, trace-cmd report, trace.dat, perfetto) and
+returns `(events, IngestStats)`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pandas as pd
+
+from memtrace.errors import InputError
+from memtrace.sources.trace import detect
+from memtrace.tables.events import IngestStats, check_events
+
+
+def _sidecar_kprobe_groups(path: str) -> dict[str, str]:
+    """Kprobe groups from a lab `meta.json` next to the trace (`trace.kprobe_events_installed`)."""
+    from memtrace.sources.trace.ftrace_text import kprobe_groups_from_defs
+
+    meta = os.path.join(os.path.dirname(os.path.abspath(path)), "meta.json")
+    try:
+        with open(meta) as f:
+            m = json.load(f)
+        return kprobe_groups_from_defs((m.get("trace") or {}).get("kprobe_events_installed") or [])
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
+def load_trace(path: str, *, kprobe_groups: dict[str, str] | None = None) -> tuple[pd.DataFrame, IngestStats]:
+    """Load any supported capture into the event table."""
+    if not os.path.exists(path):
+        raise InputError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise InputError(f"{path}: is a directory, not a trace file")
+    fmt = detect.sniff_file(path)
+    groups = {**_sidecar_kprobe_groups(path), **(kprobe_groups or {})}
+    if fmt == detect.PERFETTO:
+        from memtrace.sources.trace.perfetto import load_perfetto
+
+        df, st = load_perfetto(path, kprobe_groups=groups)
+    elif fmt == detect.TRACE_DAT:
+        from memtrace.sources.trace.tracecmd import load_trace_dat
+
+        df, st = load_trace_dat(path, kprobe_groups=groups)
+    elif fmt == detect.TRACECMD_REPORT:
+        from memtrace.sources.trace.tracecmd import load_report_text
+
+        df, st = load_report_text(path, kprobe_groups=groups)
+    else:
+        from memtrace.sources.trace.ftrace_text import load_ftrace_text
+
+        df, st = load_ftrace_text(path, kprobe_groups=groups)
+    return check_events(df), st
+
+
+__all__ = ["load_trace", "IngestStats"]
