@@ -21,8 +21,9 @@ in_cg pod/p1 mapctl fill $B/lpm 307 > /dev/null
 in_cg pod/p1 mapctl fill $B/pa 127 > /dev/null
 step filled
 create_map pod/p1 sockhash $B/sockhash key=4 value=4 entries=4096 name=sockhash > /dev/null
-cg_set pod/p1 memory.max "$(cg_read pod/p1 memory.current)"
-mapctl sockhash-fill $B/sockhash 1500 /tmp/sockhash.ready > /out/sockhash-fill.txt &
+# below current: every page_counter charge now fails, and GFP_ATOMIC ones are forced
+cg_set pod/p1 memory.max "$(($(cg_read pod/p1 memory.current) - 16384))"
+mapctl sockhash-fill $B/sockhash 3000 /tmp/sockhash.ready > /out/sockhash-fill.txt &
 filler=$!
 n=0
 while [ ! -e /tmp/sockhash.ready ]; do
