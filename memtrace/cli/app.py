@@ -39,7 +39,9 @@ def _register() -> None:
 def main() -> None:
     _register()
     try:
-        app(standalone_mode=False)
+        # Typer (0.29, its own vendored click) returns the exit code in this mode: 130 after
+        # Ctrl-C, 1 after an Abort, N after typer.Exit(N); usage errors are raised.
+        rc = app(standalone_mode=False)
     except MemtraceError as e:
         err.print(f"memtrace: error: {e.message}", markup=False)
         if e.detail:
@@ -48,17 +50,15 @@ def main() -> None:
             raise
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
-        err.print("memtrace: interrupted", markup=False)
-        sys.exit(EXIT_INTERRUPTED)
-    except typer.Abort:
-        err.print("memtrace: interrupted", markup=False)
-        sys.exit(EXIT_INTERRUPTED)
+        rc = EXIT_INTERRUPTED
     except typer.Exit as e:
-        sys.exit(e.exit_code)
-    except Exception as e:  # click usage errors
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
+        rc = e.exit_code
+    except Exception as e:
+        # usage errors (unknown option, bad value): click's message, exit 2
+        if hasattr(e, "show") and isinstance(getattr(e, "exit_code", None), int):
             e.show()
             sys.exit(2)
         raise
+    if rc == EXIT_INTERRUPTED:
+        err.print("memtrace: interrupted", markup=False)
+    sys.exit(rc if isinstance(rc, int) else 0)

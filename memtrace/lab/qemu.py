@@ -140,9 +140,12 @@ class Guest:
                 if m:
                     return m
                 if PANIC_RE.search(line):
-                    time.sleep(0.5)
-                    self._read_new()
-                    raise GuestError("the guest kernel panicked", detail=self.serial_tail())
+                    # let the rest of the panic message reach the log (QEMU exits on panic=-1)
+                    end = time.monotonic() + 3
+                    while "end Kernel panic" not in self._log_text and time.monotonic() < end:
+                        time.sleep(0.1)
+                        self._read_new()
+                    raise GuestError("the guest kernel panicked", detail=self.serial_tail(40))
             if self.proc.poll() is not None:
                 self._read_new()
                 stderr = (self.rundir / "qemu.stderr").read_text(errors="replace").strip()
