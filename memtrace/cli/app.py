@@ -21,8 +21,8 @@ app = typer.Typer(
     add_completion=False,
 )
 
-#: stdout is data
-out = Console(highlight=False, soft_wrap=True)
+#: stdout is data (tables are not squeezed to 80 columns when piped to a file)
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 #: stderr is everything else
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 

@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich import box
+from rich.markup import escape
 from rich.table import Table
 
 from memtrace.cli.app import app, err, out
@@ -123,15 +125,15 @@ def _summary(res) -> None:
     from memtrace.lab.truth import load_truth
 
     truth = load_truth(res.out / "truth.json")
-    t = Table(title=f"{res.meta['scenario']} on {res.meta['kernel']['release']}: what the guest reported")
-    t.add_column("#", justify="right")
-    t.add_column("step")
-    t.add_column("cgroup")
-    t.add_column("memory.current", justify="right")
-    t.add_column("Δ", justify="right")
-    t.add_column("memory.max", justify="right")
-    t.add_column("events max", justify="right")
-    t.add_column("maps", justify="right")
+    t = Table(
+        title=f"{res.meta['scenario']} on {res.meta['kernel']['release']}: what the guest reported "
+        "(memory.* in bytes)",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
+    for col, just in (("#", "right"), ("step", "left"), ("cgroup", "left"), ("tasks", "left"),
+                      ("current", "right"), ("Δ", "right"), ("max", "right"), ("max ev", "right"), ("maps", "right")):
+        t.add_column(col, justify=just, no_wrap=True)
     prev: dict[str, int] = {}
     for step in truth["steps"]:
         first = True
@@ -143,10 +145,11 @@ def _summary(res) -> None:
             prev[path] = cur
             t.add_row(
                 str(step["index"]) if first else "",
-                step["name"] if first else "",
-                path + ("" if cg.get("populated") else " (unpopulated)"),
+                escape(step["name"]) if first else "",
+                escape(path),
+                "yes" if cg.get("populated") else "no",
                 f"{cur:,}",
-                f"{delta:+,}" if delta is not None else "",
+                f"{delta:+,}" if delta else "",
                 f"{cg['memory.max']:,}" if cg.get("memory.max") is not None else "max",
                 str(cg.get("memory.events", {}).get("max", "")),
                 str(len(step["maps"])) if first else "",
