@@ -8,9 +8,7 @@ from typing import Optional
 import typer
 
 from memtrace.cli.app import app, err, out
-
-#: exit status when the walk was incomplete (live target: faults, or cut chains)
-EXIT_INCOMPLETE = 5
+from memtrace.errors import EXIT_INCOMPLETE
 
 
 @app.command("snapshot")
