@@ -86,45 +86,40 @@ def test_missing_qemu_names_the_package(tmp_path):
     no_output(tmp_path / "o")
 
 
-@pytest.mark.lab
-def test_guest_panic_shows_serial_tail(tmp_path, short_tmp):
-    sc = tmp_path / "panic.sh"
-    sc.write_text("step before\necho c > /proc/sysrq-trigger\n")
+def failing_guest(tmp_path: Path, short_tmp: Path, script: str, *extra: str) -> tuple[str, str]:
+    """Run a scenario that must fail in the guest; return (error line, stderr) after
+    checking the exit code, that no QEMU is left and that no output folder was made."""
+    sc = tmp_path / "scenario.sh"
+    sc.write_text(script)
     out = tmp_path / "o"
-    p = run_cli(["lab", "run", str(sc), "--out", str(out)], env=dict(os.environ, TMPDIR=str(short_tmp)))
-    assert p.returncode == 4
-    assert "panicked" in one_line_error(p)
-    assert "serial log tail" in p.stderr and "Kernel panic - not syncing" in p.stderr
+    p = run_cli(["lab", "run", str(sc), "--out", str(out), *extra], env=dict(os.environ, TMPDIR=str(short_tmp)))
+    assert p.returncode == 4, p.stderr
+    line = one_line_error(p)
     assert qemu_left(short_tmp) == []
     no_output(out)
+    return line, p.stderr
+
+
+@pytest.mark.lab
+def test_guest_panic_shows_serial_tail(tmp_path, short_tmp):
+    line, stderr = failing_guest(tmp_path, short_tmp, "step before\necho c > /proc/sysrq-trigger\n")
+    assert "panicked" in line
+    assert "serial log tail" in stderr and "Kernel panic - not syncing" in stderr
 
 
 @pytest.mark.lab
 def test_hung_guest_times_out(tmp_path, short_tmp):
-    sc = tmp_path / "hang.sh"
-    sc.write_text("step before\nsleep 600\n")
-    out = tmp_path / "o"
-    p = run_cli(
-        ["lab", "run", str(sc), "--out", str(out), "--timeout", "20"], env=dict(os.environ, TMPDIR=str(short_tmp))
-    )
-    assert p.returncode == 4
-    assert "within 20 s" in one_line_error(p)
-    assert "serial log tail" in p.stderr
-    assert qemu_left(short_tmp) == []
-    no_output(out)
+    line, stderr = failing_guest(tmp_path, short_tmp, "step before\nsleep 600\n", "--timeout", "20")
+    assert "within 20 s" in line
+    assert "serial log tail" in stderr
 
 
 @pytest.mark.lab
 def test_failing_scenario_shows_its_log(tmp_path, short_tmp):
-    sc = tmp_path / "fail.sh"
-    sc.write_text("step before\necho 'about to fail' >&2\nmapctl fill /sys/fs/bpf/none 1\n")
-    out = tmp_path / "o"
-    p = run_cli(["lab", "run", str(sc), "--out", str(out)], env=dict(os.environ, TMPDIR=str(short_tmp)))
-    assert p.returncode == 4
-    assert "failed in the guest" in one_line_error(p)
-    assert "cannot open pinned map /sys/fs/bpf/none" in p.stderr
-    assert qemu_left(short_tmp) == []
-    no_output(out)
+    script = "step before\necho 'about to fail' >&2\nmapctl fill /sys/fs/bpf/none 1\n"
+    line, stderr = failing_guest(tmp_path, short_tmp, script)
+    assert "failed in the guest" in line
+    assert "cannot open pinned map /sys/fs/bpf/none" in stderr
 
 
 @pytest.mark.lab

@@ -10,6 +10,7 @@
 #   map_created ID TYPE PIN CG   note a map made another way (e.g. mapctl clone)
 #   mapctl ...                   the guest's BPF map tool (see mapctl.c)
 #   note KEY VALUE...            a fact for the host, in /out/notes.txt
+#   wait_file PATH [SECONDS]     wait until PATH exists (default 120 s), else fail
 #
 # Paths of cgroups are relative to /sys/fs/cgroup. BPF pins live under /sys/fs/bpf.
 CG=/sys/fs/cgroup
@@ -26,6 +27,15 @@ mt_init_out() {
 
 note() {
 	echo "$*" >> /out/notes.txt
+}
+
+wait_file() {
+	_n=0
+	while [ ! -e "$1" ]; do
+		[ "$_n" -lt "$((${2:-120} * 5))" ] || { echo "wait_file: $1 did not appear" >&2; return 1; }
+		sleep 0.2
+		_n=$((_n + 1))
+	done
 }
 
 cg_create() {

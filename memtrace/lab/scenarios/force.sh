@@ -17,12 +17,7 @@ note "genf memory.max set to memory.current = $cur"
 step limit-set
 mapctl sockhash-fill $B/sockhash 3000 /tmp/sockhash.ready > /out/sockhash-fill.txt &
 filler=$!
-n=0
-while [ ! -e /tmp/sockhash.ready ]; do
-	sleep 0.2
-	n=$((n + 1))
-	[ "$n" -lt 600 ] || { echo "sockhash-fill did not finish" >&2; exit 1; }
-done
+wait_file /tmp/sockhash.ready
 note "sockhash-fill: $(cat /out/sockhash-fill.txt)"
 step force-charged
 kill "$filler"
