@@ -5,8 +5,10 @@
 Builds a text capture of at least --events events by repeating a real lab capture with shifted
 timestamps, and a perfetto trace of the same events encoded with the perfetto package's protos;
 then, each in a fresh subprocess, times memtrace's loaders, a plain read of the same files, and
-`trace-cmd report` when a trace.dat is given (--trace-dat). Peak memory is ru_maxrss minus the
-process's RSS before the load, compared with the frame's memory_usage(deep=True).
+`trace-cmd report` when a trace.dat is given (--trace-dat). Peak memory is the child's VmHWM (its own
+peak RSS) minus its RSS before the load, compared with the frame's memory_usage(deep=True); ru_maxrss
+is not used for it because Linux carries the parent's peak RSS into it across fork+exec (the bench
+parent holds a whole frame while it builds the perfetto trace). Time is wall clock and CPU time.
 """
 
 from __future__ import annotations
@@ -24,16 +26,18 @@ import time
 CHILD = r"""
 import json, resource, sys, time, gc
 mode, path = sys.argv[1], sys.argv[2]
-def rss_kb():
+def rss_kb(key='VmRSS:'):
     with open('/proc/self/status') as f:
         for l in f:
-            if l.startswith('VmRSS:'): return int(l.split()[1])
+            if l.startswith(key): return int(l.split()[1])
 import pandas, pyarrow, numpy
 if mode.startswith('memtrace'):
     from memtrace.sources.trace import load_trace
     import memtrace.sources.trace.ftrace_text, memtrace.sources.trace.perfetto
 gc.collect()
 base = rss_kb()
+_ru = resource.getrusage(resource.RUSAGE_SELF)
+cpu0 = _ru.ru_utime + _ru.ru_stime
 t = time.perf_counter()
 res = {}
 if mode == 'read':
@@ -52,7 +56,11 @@ elif mode == 'memtrace':
 elif mode == 'trace-cmd':
     p = subprocess = __import__('subprocess').run(['trace-cmd', 'report', '-i', path], stdout=__import__('subprocess').DEVNULL)
 res['seconds'] = time.perf_counter() - t
-res['peak_kb_over_base'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base
+ru = resource.getrusage(resource.RUSAGE_SELF)
+res['cpu_seconds'] = ru.ru_utime + ru.ru_stime - cpu0
+# VmHWM is this process's own peak; ru_maxrss also carries the parent's RSS across fork+exec
+res['peak_kb_over_base'] = rss_kb('VmHWM:') - base
+res['ru_maxrss_kb_over_base'] = ru.ru_maxrss - base
 print(json.dumps(res))
 """
 
@@ -118,6 +126,8 @@ def main():
             "events": m["events"],
             "memtrace_s": round(m["seconds"], 3),
             "events_per_s": round(m["events"] / m["seconds"]),
+            "cpu_s": round(m["cpu_seconds"], 3),
+            "events_per_cpu_s": round(m["events"] / m["cpu_seconds"]),
             "read_s": round(rd["seconds"], 3),
             "memtrace_over_read": round(m["seconds"] / rd["seconds"], 1),
             "peak_mb": round(m["peak_kb_over_base"] / 1024, 1),

@@ -26,10 +26,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from memtrace.errors import InputError
 from memtrace.tables.events import (
     COLUMNS,
+    EVENT_COLUMNS,
     GFP_ACCOUNT,
     PAGE_SIZE,
     IngestStats,
@@ -235,89 +237,6 @@ def parse_ints(buf: np.ndarray, s: np.ndarray, e: np.ndarray, base: int = 0) -> 
     return val, ok
 
 
-def _digits_back(buf: np.ndarray, end: np.ndarray, maxlen: int) -> tuple[np.ndarray, np.ndarray]:
-    """Decimal digits ending just before `end`: (value, count)."""
-    n = len(end)
-    val = np.zeros(n, dtype=np.int64)
-    cnt = np.zeros(n, dtype=np.int64)
-    act = np.ones(n, dtype=bool)
-    place = np.ones(n, dtype=np.int64)
-    for k in range(1, maxlen + 1):
-        idx = end - k
-        act &= idx >= 0
-        d = _DEC[buf[np.maximum(idx, 0)]]
-        act &= d != 255
-        if not act.any():
-            break
-        val += np.where(act, d.astype(np.int64) * place, 0)
-        place = np.where(act, place * 10, place)
-        cnt += act
-    return val, cnt
-
-
-def _skip_back(buf, pos, byte, maxlen):
-    """Move pos left while buf[pos] == byte (at most maxlen)."""
-    for _ in range(maxlen):
-        m = (pos > 0) & (buf[np.maximum(pos, 0)] == byte)
-        if not m.any():
-            break
-        pos = pos - m
-    return pos
-
-
-def _skip_fwd(buf, pos, end, byte, maxlen):
-    for _ in range(maxlen):
-        m = (pos < end) & (buf[np.minimum(pos, len(buf) - 1)] == byte)
-        if not m.any():
-            break
-        pos = pos + m
-    return pos
-
-
-def spans_to_arrow(buf: np.ndarray, nrows: int, row: np.ndarray, s: np.ndarray, e: np.ndarray) -> pa.Array:
-    """A string array of `nrows`; row r is the spans with row == r joined by ' ' (null if none)."""
-    row = np.asarray(row, dtype=np.int64)
-    s = np.asarray(s, dtype=np.int64)
-    e = np.maximum(np.asarray(e, dtype=np.int64), s)
-    if len(row) and np.any(row[1:] < row[:-1]):
-        o = np.lexsort((s, row))
-        row, s, e = row[o], s[o], e[o]
-    first = np.ones(len(row), dtype=bool)
-    if len(row):
-        first[1:] = row[1:] != row[:-1]
-    sep = (~first).astype(np.int64)
-    L = e - s
-    seglen = L + sep
-    outstart = np.cumsum(seglen) - seglen
-    total = int(seglen.sum())
-    out = np.empty(total, dtype=np.uint8)
-    if len(row):
-        out[outstart[~first]] = 32
-        bm = _bytes_mask(total, outstart, sep)
-        src = np.repeat(s - (outstart + sep), L) + np.flatnonzero(bm)
-        out[bm] = buf[src]
-    per_row = np.bincount(row, weights=seglen, minlength=nrows).astype(np.int64) if len(row) else np.zeros(nrows, np.int64)
-    offsets = np.zeros(nrows + 1, dtype=np.int64)
-    np.cumsum(per_row, out=offsets[1:])
-    has = np.bincount(row, minlength=nrows) > 0 if len(row) else np.zeros(nrows, bool)
-    validity = pa.array(has).buffers()[1] if not has.all() else None
-    arr = pa.LargeStringArray.from_buffers(nrows, pa.py_buffer(offsets), pa.py_buffer(out), validity, null_count=int(nrows - has.sum()))
-    try:
-        arr.validate(full=True)
-    except pa.ArrowInvalid:  # not UTF-8 (a comm with odd bytes): decode with replacement
-        arr = pa.array(
-            [None if v is None else v.decode("utf-8", "replace") for v in arr.cast(pa.large_binary()).to_pylist()],
-            pa.large_string(),
-        )
-    return arr
-
-
-def _bytes_mask(total, outstart, sep):
-    m = np.ones(total, dtype=bool)
-    m[outstart[sep.astype(bool)]] = False
-    return m
-
-
 # ---------------------------------------------------------------------------------------------
 # The slow path: a regex per line
 
@@ -345,23 +264,999 @@ def _kv_spans(args: bytes, base: int):
     return out, base + pre_end
 
 
+
 # ---------------------------------------------------------------------------------------------
+# SWAR: eight bytes at any offset of a chunk as one uint64 (`_u64_view`), tested byte-wise with
+# exact carry-free tricks; every flag is bit 7 of its byte.
+
+_u = np.uint64
 
 
-@dataclass
-class _Cols:
-    """Column pieces collected while parsing: numeric values and string spans, by row."""
+def _rep(b: int) -> np.uint64:
+    return _u(int.from_bytes(bytes([b]) * 8, "little"))
 
-    n: int
-    num: dict = field(default_factory=dict)  # col -> (rows list, values list, base)
-    spans: dict = field(default_factory=dict)  # col -> (rows list, s list, e list)
-    boolv: dict = field(default_factory=dict)
 
-    def add_span(self, col, rows, s, e):
-        r, ss, ee = self.spans.setdefault(col, ([], [], []))
-        r.append(np.asarray(rows, np.int64))
-        ss.append(np.asarray(s, np.int64))
-        ee.append(np.asarray(e, np.int64))
+_H80 = _rep(0x80)
+_L7F = _rep(0x7F)
+_ZERO = _rep(0x30)
+_SPACE = _rep(0x20)
+_ONE = _u(1)
+_BYTEIDX = _u(0x0001020304050607)
+#: the low k bytes set, k = 0..8
+_LOW = np.array([(1 << (8 * k)) - 1 for k in range(8)] + [(1 << 64) - 1], dtype=np.uint64)
+#: '0' in the low k bytes
+_LOWZERO = _LOW & _ZERO
+_PAD = 16  # bytes before and after a chunk, so 8-byte reads at any line offset stay inside
+
+
+def _u64_view(pbuf) -> np.ndarray:
+    return np.ndarray(buffer=pbuf, dtype="<u8", shape=(len(pbuf) - 7,), strides=(1,))
+
+
+def _eqf(x, b):
+    y = x ^ _rep(b)
+    return ~(((y & _L7F) + _L7F) | y) & _H80
+
+
+def _ltf(x, b):
+    """bytes < b (b <= 0x80)"""
+    return ~(((x & _L7F) + _rep(0x80 - b)) | x) & _H80
+
+
+def _digf(x):
+    t = x ^ _ZERO
+    return ~(((t & _L7F) + _rep(0x76)) | t) & _H80
+
+
+def _hexf(x):
+    lo = (x | _SPACE) ^ _rep(0x60)
+    return _digf(x) | (_ltf(lo, 7) & ~_eqf(lo, 0))
+
+
+def _first(f):
+    """index of the lowest flagged byte; 8 when none"""
+    lb = f & (~f + _ONE)
+    return np.where(f == 0, 8, ((lb >> _u(7)) * _BYTEIDX) >> _u(56)).astype(np.int64)
+
+
+def _bmask(f):
+    """flag bits → 0xFF bytes"""
+    return (f >> _u(7)) * _u(0xFF)
+
+
+def _dec8(x):
+    """8 ASCII digits, the first in the lowest byte → value"""
+    x = x - _ZERO
+    x = (x * _u(10) + (x >> _u(8))) & _u(0x00FF00FF00FF00FF)
+    x = (x * _u(100) + (x >> _u(16))) & _u(0x0000FFFF0000FFFF)
+    return (x * _u(10000) + (x >> _u(32))) & _u(0xFFFFFFFF)
+
+
+def _hex8(x):
+    v = (x & _rep(0x0F)) + ((x >> _u(6)) & _rep(1)) * _u(9)
+    v = ((v << _u(4)) | (v >> _u(8))) & _u(0x00FF00FF00FF00FF)
+    v = ((v << _u(8)) | (v >> _u(16))) & _u(0x0000FFFF0000FFFF)
+    return ((v << _u(16)) | (v >> _u(32))) & _u(0xFFFFFFFF)
+
+
+def _top(k):
+    """mask of the top k bytes (k = 0..8)"""
+    return ~_LOW[8 - k]
+
+
+def _word_value(lo, hi, mlo, mhi, hex_: bool):
+    flags, conv = (_hexf, _hex8) if hex_ else (_digf, _dec8)
+    ok = (flags(lo) & mlo & _H80) == (mlo & _H80)
+    val = conv((lo & mlo) | (_ZERO & ~mlo))
+    if hi is not None:
+        ok &= (flags(hi) & mhi & _H80) == (mhi & _H80)
+        h = conv((hi & mhi) | (_ZERO & ~mhi))
+        val = val | (h << _u(32)) if hex_ else val + h * _u(100000000)
+    return val, ok
+
+
+def _parse_nums(buf, U, s, e, base) -> tuple[np.ndarray, np.ndarray]:
+    """`parse_ints` with 8-byte reads: same values, same validity."""
+    s0 = s = np.asarray(s, np.int64)
+    e = np.asarray(e, np.int64)
+    n = len(s)
+    if n == 0:
+        return np.zeros(0, np.uint64), np.zeros(0, bool)
+    neg = (s < e) & (buf[s] == 45)
+    s = s + neg
+    hx = (e - s >= 2) & (buf[s] == 48) & ((buf[s + 1] | 0x20) == 120)
+    s = s + 2 * hx
+    is_hex = hx | (base == 16)
+    ln = e - s
+    ok = (ln > 0) & (ln <= np.where(is_hex, 16, 20))
+    lnc = np.clip(ln, 0, 16)
+    klo = np.minimum(lnc, 8)
+    khi = lnc - klo
+    lo = U[e - 8]
+    mlo = _top(klo)
+    hi = mhi = None
+    if (khi > 0).any():
+        hi = U[e - 16]
+        mhi = _top(khi)
+    nh = int(is_hex.sum())
+    if nh == n:
+        val, okv = _word_value(lo, hi, mlo, mhi, True)
+    elif nh == 0:
+        val, okv = _word_value(lo, hi, mlo, mhi, False)
+    else:
+        vh, okh = _word_value(lo, hi, mlo, mhi, True)
+        vd, okd = _word_value(lo, hi, mlo, mhi, False)
+        val = np.where(is_hex, vh, vd)
+        okv = np.where(is_hex, okh, okd)
+    ok &= okv
+    val = np.where(neg, (~val) + _ONE, val)
+    long_dec = (ln > 16) & (ln <= 20) & ~is_hex
+    if long_dec.any():
+        r = np.flatnonzero(long_dec)
+        v2, ok2 = parse_ints(buf, s0[r], e[r], base)
+        val[r] = v2
+        ok[r] = ok2
+    return val, ok
+
+
+def _binary_view(buf, U, pbuf, nrows, rows, s, e) -> pa.Array:
+    """A binary_view array of `nrows` whose row rows[i] is the bytes [s[i], e[i]) of the chunk."""
+    rows = np.asarray(rows, np.int64)
+    s = np.asarray(s, np.int64)
+    ln = np.maximum(np.asarray(e, np.int64) - s, 0)
+    views = np.zeros((nrows, 2), np.uint64)
+    A = U[s]
+    B = U[s + 8]
+    inline = ln <= 12
+    m0 = _LOW[np.clip(ln, 0, 4) + 4]  # len (4 bytes) + up to 4 data bytes, as a mask of the low half
+    w0 = (ln.astype(np.uint64) & _u(0xFFFFFFFF)) | (A << _u(32))
+    w0 = np.where(inline, w0 & m0, ln.astype(np.uint64) | (A << _u(32)))
+    w1i = ((A >> _u(32)) | (B << _u(32))) & _LOW[np.clip(ln - 4, 0, 8)]
+    w1 = np.where(inline, w1i, s.astype(np.uint64) << _u(32))
+    views[rows, 0] = w0
+    views[rows, 1] = w1
+    if len(rows) == nrows:
+        validity = None
+        nulls = 0
+    else:
+        has = np.zeros(nrows, bool)
+        has[rows] = True
+        validity = pa.py_buffer(np.packbits(has, bitorder="little"))
+        nulls = int(nrows - len(rows))
+    return pa.Array.from_buffers(pa.binary_view(), nrows, [validity, pa.py_buffer(views), pa.py_buffer(pbuf)], null_count=nulls)
+
+
+def _to_large_string(arr: pa.Array) -> pa.Array:
+    """binary → large_string; bytes that are not UTF-8 are decoded with replacement."""
+    try:
+        return arr.cast(pa.large_string())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        vals = arr.cast(pa.large_binary()).to_pylist()
+        return pa.array([None if v is None else v.decode("utf-8", "replace") for v in vals], pa.large_string())
+
+
+# ---------------------------------------------------------------------------------------------
+# Fast header: a layout (column offsets of one real line) checked on every line with 8-byte reads
+
+
+@dataclass(frozen=True)
+class _Layout:
+    D: int  # '-' between comm and pid
+    Wp: int  # pid field width (digits, then spaces up to '[')
+    rb: int  # ']'
+    ncpu: int
+    fe: int  # end of the flags field (or rb + 1 when none)
+    dot: int
+    tc: int  # timestamp colon
+    nf: int  # fraction digits
+    words: tuple  # (offset, literal mask, literal value, digit flags, non-blank flags, non-digit flags)
+
+
+def _learn_layout(line: bytes) -> _Layout | None:
+    m = _HDR_RE.match(line)
+    if m is None:
+        return None
+    D = m.start("pid") - 1
+    lb, rb = m.start("cpu") - 1, m.end("cpu")
+    if line[m.end("pid") : lb].strip(b" ") or D > 24:
+        return None  # tgid column, tabs: the per-line path
+    Wp = lb - D - 1
+    ncpu = rb - lb - 1
+    ts_s, tc = m.start("ts"), m.end("ts")
+    ts = line[ts_s:tc]
+    if b"." not in ts or Wp > 8 or ncpu > 8 or line[tc + 1 : tc + 2] != b" ":
+        return None
+    dot = ts_s + ts.index(b".")
+    nf = tc - dot - 1
+    between = line[rb + 1 : ts_s]
+    toks = between.split()
+    if len(toks) > 1 or any(c in b"\t\n\r\x0b\x0c" for c in between):
+        return None
+    if toks:
+        fs = rb + 1 + between.index(toks[0])
+        fe = fs + len(toks[0])
+        if fs == rb + 1:
+            return None
+    else:
+        fs = fe = rb + 1
+    if not (2 <= dot - fe <= 8) or not (1 <= nf <= 9):
+        return None
+    cls = {}  # offset -> ('lit', byte) | 'dig' | 'flag0' | 'flag'
+    cls[D] = ("lit", 45)
+    cls[lb] = ("lit", 91)
+    for p in range(lb + 1, rb):
+        cls[p] = "dig"
+    cls[rb] = ("lit", 93)
+    for p in range(rb + 1, fs):
+        cls[p] = ("lit", 32)
+    for p in range(fs, fe):
+        cls[p] = "flag0" if p == fs else "flag"
+    cls[dot] = ("lit", 46)
+    for p in range(dot + 1, tc):
+        cls[p] = "dig"
+    cls[tc] = ("lit", 58)
+    cls[tc + 1] = ("lit", 32)
+    words = []
+    for off in range(D, tc + 2, 8):
+        lm = lv = dm = nm = ndm = 0
+        for i in range(8):
+            c = cls.get(off + i)
+            if c is None:
+                continue
+            if isinstance(c, tuple):
+                lm |= 0xFF << (8 * i)
+                lv |= c[1] << (8 * i)
+            elif c == "dig":
+                dm |= 0x80 << (8 * i)
+            else:
+                nm |= 0x80 << (8 * i)
+                if c == "flag0":
+                    ndm |= 0x80 << (8 * i)
+        words.append((off, _u(lm), _u(lv), _u(dm), _u(nm), _u(ndm)))
+    return _Layout(D, Wp, rb, ncpu, fe, dot, tc, nf, tuple(words))
+
+
+_NAME_K = (_u(0x9E3779B97F4A7C15), _u(0xC2B2AE3D27D4EB4F), _u(0x165667B19E3779F9), _u(0xD6E8FEB86659FD93))
+
+
+def _fast_header(buf, U, s, e, L: _Layout):
+    """Header fields of lines [s, e) that follow layout L exactly; `ok` marks them."""
+    n = len(s)
+    ok = np.ones(n, bool)
+    for off, lm, lv, dm, nm, ndm in L.words:
+        W = U[s + off]
+        ok &= (W & lm) == lv
+        if dm or ndm:
+            df = _digf(W)
+            if dm:
+                ok &= (df & dm) == dm
+            if ndm:
+                ok &= (df & ndm) == 0
+        if nm:
+            ok &= (_ltf(W, 0x21) & nm) == 0
+    # pid: digits then spaces
+    P = U[s + (L.D + 1)]
+    fm = _LOW[L.Wp] & _H80
+    d = _digf(P) & fm
+    sp = _eqf(P, 32) & fm
+    ok &= ((d | sp) == fm) & (d != 0) & (sp != 0) & (d < (sp & (~sp + _ONE)))
+    k = np.bitwise_count(d).astype(np.int64)
+    pid = _dec8((P << ((8 - k) * 8).astype(np.uint64)) | _LOWZERO[8 - k])
+    # cpu
+    C = U[s + (L.rb - 8)]
+    tm = _top(L.ncpu)
+    cpu = _dec8((C & tm) | (_ZERO & ~tm))
+    # seconds: spaces then digits, right-aligned before the dot
+    S = U[s + (L.dot - 8)]
+    rm = _top(L.dot - L.fe) & _H80
+    d = _digf(S) & rm
+    sp = _eqf(S, 32) & rm
+    ok &= ((d | sp) == rm) & (d != 0) & (sp != 0) & (sp < (d & (~d + _ONE)))
+    bm = _bmask(d)
+    secs = _dec8((S & bm) | (_ZERO & ~bm))
+    F = U[s + (L.tc - 8)]
+    tm = _top(min(L.nf, 8))
+    frac = _dec8((F & tm) | (_ZERO & ~tm))
+    if L.nf == 9:
+        frac = frac + (buf[s + (L.dot + 1)].astype(np.uint64) - _u(48)) * _u(100000000)
+    ts = (secs * _u(1_000_000_000) + frac * _u(10 ** (9 - L.nf))).view(np.int64)
+    # comm: [first non-space, D); no '[' or ')' in it (so the regex's lazy comm ends at the same '-')
+    cs = np.full(n, L.D, np.int64)
+    found = np.zeros(n, bool)
+    for off in range(0, L.D, 8):
+        W = U[s + off]
+        m = _LOW[min(8, L.D - off)] & _H80
+        ok &= ((_eqf(W, 91) | _eqf(W, 41)) & m) == 0
+        f = _first(~_eqf(W, 32) & m)
+        hit = ~found & (f < 8)
+        cs = np.where(hit, off + f, cs)
+        found |= hit
+    c0 = buf[s + cs]
+    ok &= ~(found & (c0 >= 9) & (c0 <= 13))
+    # event name: up to 31 bytes before ':', no blank in it
+    E = s + (L.tc + 2)
+    words = []
+    pos = np.full(n, 64, np.int64)
+    wpos = np.full(n, 64, np.int64)
+    for i in range(4):
+        W = U[E + 8 * i]
+        words.append(W)
+        fc = _first(_eqf(W, 58))
+        fw = _first(_ltf(W, 0x21))
+        pos = np.where((pos == 64) & (fc < 8), 8 * i + fc, pos)
+        wpos = np.where((wpos == 64) & (fw < 8), 8 * i + fw, wpos)
+        if i >= 1 and not ((pos == 64) & (wpos == 64) & ok).any():
+            break
+    ok &= (pos >= 1) & (pos < 8 * len(words)) & (wpos > pos)
+    h = np.zeros(n, np.uint64)
+    masked = []
+    for i, W in enumerate(words):
+        Wm = W & _LOW[np.clip(pos - 8 * i, 0, 8)]
+        masked.append(Wm)
+        h ^= Wm * _NAME_K[i]
+    h ^= pos.astype(np.uint64)
+    okr = np.flatnonzero(ok)
+    codes = np.full(n, -1, np.int64)
+    names: list[bytes] = []
+    if len(okr):
+        c, _ = pd.factorize(h[okr])
+        c = c.astype(np.int64)
+        first = np.flatnonzero(~pd.Series(c).duplicated().to_numpy())
+        same = np.ones(len(okr), bool)
+        for Wm in masked:  # a hash collision would show here
+            w = Wm[okr]
+            same &= w == w[first][c]
+        ok[okr[~same]] = False
+        codes[okr] = c
+        fr = okr[first]
+        names = [bytes(buf[E[f] : E[f] + pos[f]]) for f in fr]
+    # args: after ': ' and any spaces; no blank at the end of the line
+    A0 = E + pos + 1
+    A = U[A0]
+    nsp = _first(~_eqf(A, 32) & _H80)
+    a_s = A0 + nsp
+    ok &= (nsp < 8) & (a_s < e)
+    c0 = buf[a_s]
+    ok &= (c0 < 9) | (c0 > 13)
+    c1 = buf[e - 1]
+    ok &= (c1 != 32) & ((c1 < 9) | (c1 > 13))
+    return ok, ts, cpu.astype(np.int64), pid.astype(np.int64), s + cs, s + L.D, codes, names, a_s
+
+
+def _match_before(U, pos, pat: bytes):
+    """rows whose bytes ending at `pos` (inclusive) are `pat`"""
+    ok = None
+    end = len(pat)
+    k = 0
+    while end > 0:
+        take = min(8, end)
+        piece = pat[end - take : end]
+        W = U[pos - (7 + 8 * k)]
+        tm = _top(take)
+        r = (W & tm) == _u(int.from_bytes(piece.rjust(8, b"\0"), "little"))
+        ok = r if ok is None else ok & r
+        end -= take
+        k += 1
+    return ok
+
+
+# ---------------------------------------------------------------------------------------------
+# One chunk of whole lines
+
+
+class _Pieces:
+    """Spans and values found in one chunk, by column: (rows, starts, ends) arrays."""
+
+    def __init__(self):
+        self.num: dict[str, list] = {}
+        self.cat: dict[str, list] = {}
+        self.boolv: dict[str, list] = {}
+        self.marker: list = []
+        self.args: dict[int, list] = {}
+
+    @staticmethod
+    def _add(d, key, rows, s, e):
+        d.setdefault(key, []).append((rows, s, e))
+
+
+class _Registry:
+    """Global categories (first-appearance order) across chunks."""
+
+    def __init__(self):
+        self.by_bytes: dict[bytes, int] = {}
+        self.by_str: dict[str, int] = {}
+        self.values: list[str] = []
+
+    def code_str(self, sv: str) -> int:
+        c = self.by_str.get(sv)
+        if c is None:
+            c = self.by_str[sv] = len(self.values)
+            self.values.append(sv)
+        return c
+
+    def codes(self, arr: pa.Array) -> np.ndarray:
+        d = arr.dictionary_encode()
+        idx = d.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+        vals = d.dictionary.cast(pa.large_binary()).to_pylist()
+        remap = np.empty(len(vals) + 1, np.int32)
+        remap[-1] = -1
+        get = self.by_bytes.get
+        for i, v in enumerate(vals):
+            c = get(v)
+            if c is None:
+                c = self.by_bytes[v] = self.code_str(v.decode("utf-8", "replace"))
+            remap[i] = c
+        return remap[idx]
+
+
+_NUM_DTYPES = {"UInt64": np.uint64, "Int64": np.int64, "Int32": np.int32, "UInt32": np.uint32}
+
+
+class _TextParser:
+    def __init__(self, st: IngestStats, kprobe_groups, fast: bool = True):
+        self.st = st
+        self.kprobe_groups = kprobe_groups
+        self.fast = fast
+        self.layouts: list[_Layout] = []
+        self.cats: dict[str, _Registry] = {c: _Registry() for c in ("comm", "call_site", "gfp_flags", "cgroup_path")}
+        self.events = _Registry()
+        self.unknown: dict[str, int] = {}
+        self.chunks: list[dict] = []
+        self.canon: dict[tuple[bytes, bool], tuple[int, bool, str]] = {}
+
+    # --- event names ---
+    def _canon(self, name: bytes, kprobe: bool):
+        key = (name, kprobe)
+        r = self.canon.get(key)
+        if r is None:
+            sname = name.decode("utf-8", "replace")
+            event, known = canonical_event(sname, kprobe=kprobe, kprobe_groups=self.kprobe_groups)
+            r = self.canon[key] = (self.events.code_str(event), known, event)
+        return r
+
+    def _count_unknown(self, name: bytes, k: int):
+        sname = name.decode("utf-8", "replace")
+        self.unknown[sname] = self.unknown.get(sname, 0) + k
+
+    # --- a chunk: pbuf holds _PAD zero bytes, the chunk's whole lines, _PAD zero bytes ---
+    def chunk(self, pbuf: bytearray, nbytes: int):
+        st = self.st
+        buf = np.frombuffer(pbuf, dtype=np.uint8)
+        U = _u64_view(pbuf)
+        body = buf[_PAD : _PAD + nbytes]
+        nl = np.flatnonzero(body == 10) + _PAD
+        st.lines_read += len(nl)
+        if len(nl) == 0:
+            return
+        starts = np.empty(len(nl), np.int64)
+        starts[0] = _PAD
+        starts[1:] = nl[:-1] + 1
+        ends = nl.astype(np.int64)
+        ends -= (ends > starts) & (buf[ends - 1] == 13)
+        cand = (ends > starts) & (buf[starts] != 35)
+        s, e = starts[cand], ends[cand]
+        nc = len(s)
+        ok = np.zeros(nc, bool)
+        ts = np.zeros(nc, np.int64)
+        cpu = np.zeros(nc, np.int64)
+        pid = np.zeros(nc, np.int64)
+        cm_s = np.zeros(nc, np.int64)
+        cm_e = np.zeros(nc, np.int64)
+        a_s = np.zeros(nc, np.int64)
+        name_id = np.full(nc, -1, np.int64)
+        names: list[bytes] = []
+        name_index: dict[bytes, int] = {}
+
+        def nid(nm: bytes) -> int:
+            i = name_index.get(nm)
+            if i is None:
+                i = name_index[nm] = len(names)
+                names.append(nm)
+            return i
+
+        if self.fast and nc:
+            todo = np.arange(nc)
+            learnt = 0
+            li = 0
+            while len(todo):
+                if li < len(self.layouts):
+                    L = self.layouts[li]
+                    li += 1
+                    sample = False
+                else:
+                    if learnt >= 6:
+                        break
+                    learnt += 1
+                    L = _learn_layout(bytes(buf[s[todo[0]] : e[todo[0]]]))
+                    if L is None or L in self.layouts:
+                        todo = todo[1:]  # an odd line: the regex will read it
+                        continue
+                    self.layouts.append(L)
+                    li = len(self.layouts)
+                    sample = True
+                okL, tsL, cpuL, pidL, csL, ceL, codesL, namesL, asL = _fast_header(buf, U, s[todo], e[todo], L)
+                if okL.any():
+                    g = todo[okL]
+                    ok[g] = True
+                    ts[g], cpu[g], pid[g], cm_s[g], cm_e[g], a_s[g] = tsL[okL], cpuL[okL], pidL[okL], csL[okL], ceL[okL], asL[okL]
+                    remap = np.array([nid(nm) for nm in namesL], np.int64)
+                    name_id[g] = remap[codesL[okL]]
+                if sample:
+                    okL[0] = True  # the line it was learnt from is done either way
+                todo = todo[~okL]
+        # the rest: a regex per line
+        keep = ok.copy()
+        for r in np.flatnonzero(~ok):
+            base = int(s[r])
+            line = bytes(buf[base : e[r]])
+            m = _HDR_RE.match(line)
+            if m is None:
+                lm = _LOST_RE.match(line)
+                if lm:
+                    st.lost_events += int(lm.group(2) or lm.group(3))
+                elif not _SKIP_RE.match(line):
+                    st.malformed += 1
+                continue
+            keep[r] = True
+            t = m.group("ts")
+            if b"." in t:
+                a, b = t.split(b".")
+                ts[r] = int(a) * 1_000_000_000 + int(b[:9].ljust(9, b"0"))
+            else:
+                ts[r] = int(t)
+            cpu[r] = int(m.group("cpu"))
+            pid[r] = int(m.group("pid"))
+            cm_s[r], cm_e[r] = base + m.start("comm"), base + m.end("comm")
+            name_id[r] = nid(m.group("event"))
+            a_s[r] = base + m.start("args")
+            e[r] = base + m.end("args")
+        sel = np.flatnonzero(keep)
+        n = len(sel)
+        if n == 0:
+            return
+        ts, cpu, pid, cm_s, cm_e, a_s, a_e, name_id = ts[sel], cpu[sel], pid[sel], cm_s[sel], cm_e[sel], a_s[sel], e[sel], name_id[sel]
+        pc_ = _Pieces()
+        ev_code = np.zeros(n, np.int32)
+        ctx = _Ctx(buf, U, pbuf, a_s, a_e, pc_, ev_code)
+        if self.fast:
+            eq = np.flatnonzero(body == 61) + _PAD
+            ctx.eq = eq
+            ctx.eqb = np.searchsorted(eq, a_s)
+            ctx.eqn = np.searchsorted(eq, a_e) - ctx.eqb
+        order = np.argsort(name_id, kind="stable")
+        bounds = np.searchsorted(name_id[order], np.arange(len(names) + 1))
+        for i, nm in enumerate(names):
+            rows = order[bounds[i] : bounds[i + 1]]
+            if len(rows) == 0:
+                continue
+            if nm in (b"print", b"tracing_mark_write"):
+                ev_code[rows] = self._canon(nm, False)[0]
+                pc_.marker.append((rows, a_s[rows], a_e[rows]))
+                continue
+            if self.fast:
+                slow = self._group_fast(ctx, nm, rows)
+            else:
+                slow = list(rows)
+            if slow:
+                self._group_slow(ctx, nm, sorted(slow))
+        self.chunks.append(self._finish_chunk(ctx, n, ts, cpu, pid, cm_s, cm_e, ev_code))
+
+    # --- fields, fast: learn a layout from one line, check it on all lines of the group ---
+    def _group_fast(self, ctx, nm: bytes, pending) -> list:
+        buf, U, eq = ctx.buf, ctx.U, ctx.eq
+        slow = []
+        attempts = 0
+        while len(pending) and attempts < 8:
+            attempts += 1
+            r0 = int(pending[0])
+            line = bytes(buf[ctx.a_s[r0] : ctx.a_e[r0]])
+            kv, pre_end = _kv_spans(line, 0)
+            keys = [k.encode() for k, _, _, _ in kv]
+            prefix = line[:pre_end]
+            kprobe = prefix.startswith(b"(") and (b" <- " in prefix or b"+0x" in prefix)
+            m = len(keys)
+            ps = ctx.a_s[pending]
+            pe = ctx.a_e[pending]
+            ok = ctx.eqn[pending] == m
+            if m and len(eq) == 0:
+                ok[:] = False
+            b = ctx.eqb[pending]
+            eqs, kss = [], []
+            for j, key in enumerate(keys):
+                eqj = eq[np.minimum(b + j, len(eq) - 1)] if len(eq) else np.zeros(len(pending), np.int64)
+                pat = (b" " if (j or prefix) else b"") + key + b"="
+                ok &= _match_before(U, eqj, pat)
+                ks = eqj - len(key)
+                if j == 0 and not prefix:
+                    ok &= ks == ps
+                eqs.append(eqj)
+                kss.append(ks)
+            vss = [q + 1 for q in eqs]
+            ves = [kss[j + 1] - 1 for j in range(m - 1)] + ([pe] if m else [])
+            for j in range(m - 1):
+                ok &= (ves[j] == vss[j]) | (buf[ves[j] - 1] != 32)
+            pre_e = kss[0] - 1 if (prefix and m) else pe
+            if prefix:
+                ok &= (pre_e > ps) & (buf[pre_e - 1] != 32)
+                # the kprobe test of each line's own prefix
+                paren = buf[ps] == 40
+                kp = np.zeros(len(pending), bool)
+                if paren.any():
+                    pr = np.flatnonzero(paren)
+                    v = _binary_view(buf, U, ctx.pbuf, len(pr), np.arange(len(pr)), ps[pr], pre_e[pr]).cast(pa.large_binary())
+                    hit = pc.or_(pc.match_substring(v, " <- "), pc.match_substring(v, "+0x"))
+                    kp[pr] = hit.to_numpy(zero_copy_only=False)
+                ok &= kp == kprobe
+            if not ok[0]:
+                slow.append(r0)
+                ok[0] = False
+            if ok.any():
+                g = pending[ok]
+                code, known, event = self._canon(nm, kprobe)
+                ctx.ev_code[g] = code
+                if not known:
+                    self._count_unknown(nm, len(g))
+                self._emit_fast(ctx, event, known, g, keys, ps[ok], pre_e[ok] if prefix else None,
+                                [k[ok] for k in kss], [v[ok] for v in vss], [v[ok] for v in ves])
+            keep = ~ok
+            keep[0] = False
+            pending = pending[keep]
+        return slow + list(pending)
+
+    def _emit_fast(self, ctx, event, known, rows, keys, ps, pre_e, kss, vss, ves):
+        p = ctx.pieces
+        mapping = columns_for(event) if known else {}
+        run_s = run_e = None
+        part = 0
+        if pre_e is not None:
+            run_s, run_e = ps, pre_e
+            if event == "vmalloc:alloc_vmap_area":
+                p._add(p.num, "ptr@va", rows, ps + 10, pre_e)
+        used = set()
+        for key, ks, vs, ve in zip(keys, kss, vss, ves):
+            col = mapping.get(key.decode())
+            if col and col not in used:
+                used.add(col)
+                self._route(p, col, rows, vs, ve)
+                if run_s is not None:
+                    p._add(p.args, part, rows, run_s, run_e)
+                    part += 1
+                    run_s = None
+                continue
+            if run_s is None:
+                run_s = ks
+            run_e = ve
+        if run_s is not None:
+            p._add(p.args, part, rows, run_s, run_e)
+
+    @staticmethod
+    def _route(p, col, rows, vs, ve):
+        if col in NUMERIC_BASE:
+            p._add(p.num, col, rows, vs, ve)
+        elif col == "accounted":
+            p._add(p.boolv, col, rows, vs, ve)
+        else:
+            p._add(p.cat, col, rows, vs, ve)
+            if col == "gfp_flags":  # numeric gfp printed as a number (trace-cmd raw, old kernels)
+                p._add(p.num, "gfp@maybe", rows, vs, ve)
+
+    # --- fields, one line at a time (the reference) ---
+    def _group_slow(self, ctx, nm: bytes, rows):
+        buf = ctx.buf
+        acc: dict = {}
+
+        def add(kind, key, r, s_, e_):
+            lst = acc.get((kind, key))
+            if lst is None:
+                lst = acc[(kind, key)] = ([], [], [])
+            lst[0].append(r)
+            lst[1].append(s_)
+            lst[2].append(e_)
+
+        for r in rows:
+            r = int(r)
+            base = int(ctx.a_s[r])
+            line = bytes(buf[base : ctx.a_e[r]])
+            kv, pre_end = _kv_spans(line, base)
+            prefix = line[: pre_end - base]
+            kprobe = prefix.startswith(b"(") and (b" <- " in prefix or b"+0x" in prefix)
+            code, known, event = self._canon(nm, kprobe)
+            ctx.ev_code[r] = code
+            if not known:
+                self._count_unknown(nm, 1)
+            mapping = columns_for(event) if known else {}
+            part = 0
+            if pre_end > base:
+                if event == "vmalloc:alloc_vmap_area":
+                    add("num", "ptr@va", r, base + 10, pre_end)
+                add("args", part, r, base, pre_end)
+                part += 1
+            used = set()
+            for key, ks, vs, ve in kv:
+                col = mapping.get(key)
+                if col and col not in used:
+                    used.add(col)
+                    if col in NUMERIC_BASE:
+                        add("num", col, r, vs, ve)
+                    elif col == "accounted":
+                        add("boolv", col, r, vs, ve)
+                    else:
+                        add("cat", col, r, vs, ve)
+                        if col == "gfp_flags":
+                            add("num", "gfp@maybe", r, vs, ve)
+                    continue
+                add("args", part, r, ks, ve)
+                part += 1
+        p = ctx.pieces
+        for (kind, key), (rr, ss, ee) in acc.items():
+            d = p.num if kind == "num" else p.boolv if kind == "boolv" else p.cat if kind == "cat" else p.args
+            p._add(d, key, np.array(rr, np.int64), np.array(ss, np.int64), np.array(ee, np.int64))
+
+    # --- chunk → compact columns ---
+    def _finish_chunk(self, ctx, n, ts, cpu, pid, cm_s, cm_e, ev_code) -> dict:
+        buf, U, pbuf, p = ctx.buf, ctx.U, ctx.pbuf, ctx.pieces
+        out: dict = {"n": n, "ts_ns": ts, "cpu": cpu.astype(np.int32), "pid": pid.astype(np.int32), "event": ev_code}
+        out["comm"] = self.cats["comm"].codes(_binary_view(buf, U, pbuf, n, np.arange(n), cm_s, cm_e))
+        for col, pieces in p.cat.items():
+            rows, s, e = _cat3(pieces)
+            out[col] = self.cats[col].codes(_binary_view(buf, U, pbuf, n, rows, s, e))
+        nums = {}
+        for col, pieces in p.num.items():
+            rows, s, e = _cat3(pieces)
+            base = 0 if "@" in col else NUMERIC_BASE[col]
+            vals, okv = _parse_nums(buf, U, s, e, base)
+            nums[col] = (rows, vals, okv)
+        for col, (rows, vals, okv) in nums.items():
+            if "@" in col:
+                continue
+            arr = np.zeros(n, np.uint64)
+            valid = np.zeros(n, bool)
+            arr[rows] = np.where(okv, vals, _u(0))
+            valid[rows] = okv
+            out[col] = _typed(col, arr, valid)
+        for extra, col in (("ptr@va", "ptr"), ("gfp@maybe", "gfp")):
+            if extra in nums:
+                rows, vals, okv = nums[extra]
+                if extra == "gfp@maybe" and not okv.any():
+                    continue
+                cur = out.get(col)
+                arr = np.zeros(n, np.uint64) if cur is None else cur[0].astype(np.uint64)
+                valid = np.zeros(n, bool) if cur is None else cur[1].copy()
+                arr[rows[okv]] = vals[okv]
+                valid[rows[okv]] = True
+                out[col] = (arr, valid)
+        for col, pieces in p.boolv.items():
+            rows, s, e = _cat3(pieces)
+            c0 = buf[s] | 0x20
+            val = np.zeros(n, bool)
+            valid = np.zeros(n, bool)
+            t = (e > s) & ((c0 == ord("t")) | (c0 == ord("1")) | (c0 == ord("y")))
+            f = (e > s) & ((c0 == ord("f")) | (c0 == ord("0")) | (c0 == ord("n")))
+            val[rows] = t
+            valid[rows] = t | f
+            out[col] = (val, valid)
+        if p.marker:
+            rows, s, e = _cat3(p.marker)
+            out["marker"] = _to_large_string(_binary_view(buf, U, pbuf, n, rows, s, e))
+        if p.args:
+            joined = None
+            for part in sorted(p.args):
+                rows, s, e = _cat3(p.args[part])
+                a = _binary_view(buf, U, pbuf, n, rows, s, e).cast(pa.large_binary())
+                if joined is None:
+                    joined = a
+                else:
+                    j2 = pc.binary_join_element_wise(joined, a, pa.scalar(b" ", pa.large_binary()))
+                    joined = pc.if_else(pc.is_null(a), joined, j2)
+            out["args"] = _to_large_string(joined)
+        return out
+
+
+class _Ctx:
+    def __init__(self, buf, U, pbuf, a_s, a_e, pieces, ev_code):
+        self.buf, self.U, self.pbuf = buf, U, pbuf
+        self.a_s, self.a_e = a_s, a_e
+        self.pieces = pieces
+        self.ev_code = ev_code
+        self.eq = self.eqb = self.eqn = None
+
+
+def _cat3(pieces):
+    if len(pieces) == 1:
+        return tuple(np.asarray(x, np.int64) for x in pieces[0])
+    return tuple(np.concatenate([np.asarray(p[i], np.int64) for p in pieces]) for i in range(3))
+
+
+def _typed(col, arr: np.ndarray, valid: np.ndarray):
+    """uint64 values → the column's integer dtype, as `_numeric_column` did."""
+    np_dtype = _NUM_DTYPES[COLUMNS[col].dtype]
+    if np_dtype in (np.int64, np.int32):
+        a = arr.view(np.int64)
+        if np_dtype is np.int32:
+            valid = valid & (a >= -(2**31)) & (a < 2**31)
+            a = np.where(valid, a, 0)
+        return a.astype(np_dtype), valid
+    if np_dtype is np.uint32:
+        valid = valid & (arr < 2**32)
+        arr = np.where(valid, arr, 0)
+    return arr.astype(np_dtype), valid
+
+
+# ---------------------------------------------------------------------------------------------
+# Whole captures: chunks of whole lines, then one frame
+
+#: bytes of text per chunk: big enough to amortise the per-chunk work, small enough that the
+#: chunk and its per-line arrays stay in cache and the peak stays near the frame's size
+CHUNK_BYTES = 8 << 20
+
+
+def _chunks_of(data, chunk_bytes: int):
+    """(padded buffer, byte count) of whole lines, then ('tail', bytes after the last newline)."""
+    if not isinstance(data, (bytes, bytearray)):
+        data = bytes(data)
+    n = len(data)
+    pos = 0
+    while pos < n:
+        end = min(pos + chunk_bytes, n)
+        cut = data.rfind(b"\n", pos, end)
+        if cut < 0 and end < n:
+            cut = data.find(b"\n", end)
+        if cut < 0:
+            yield "tail", bytes(data[pos:])
+            return
+        yield _padded(memoryview(data)[pos : cut + 1]), cut + 1 - pos
+        pos = cut + 1
+
+
+def _padded(mv) -> bytearray:
+    pb = bytearray(_PAD + len(mv) + _PAD)
+    pb[_PAD : _PAD + len(mv)] = mv
+    return pb
+
+
+def _file_chunks(f, chunk_bytes: int):
+    """Like `_chunks_of`, reading a file: never more than one chunk in memory."""
+    carry = b""
+    while True:
+        pb = bytearray(_PAD + len(carry) + chunk_bytes + _PAD)
+        pb[_PAD : _PAD + len(carry)] = carry
+        got = f.readinto(memoryview(pb)[_PAD + len(carry) : _PAD + len(carry) + chunk_bytes]) or 0
+        total = len(carry) + got
+        if not got:
+            if carry:
+                yield "tail", bytes(carry)
+            return
+        last = pb.rfind(b"\n", _PAD, _PAD + total)
+        if last < 0:
+            carry = bytes(pb[_PAD : _PAD + total])
+            continue
+        carry = bytes(pb[last + 1 : _PAD + total])
+        pb[last + 1 :] = bytes(len(pb) - (last + 1))
+        yield pb, last + 1 - _PAD
+
+
+def _run(chunks, *, path, fmt, kprobe_groups, stats, fast=True) -> tuple[pd.DataFrame, IngestStats]:
+    st = stats or IngestStats(path=path, format=fmt)
+    st.path, st.format = path, fmt
+    p = _TextParser(st, kprobe_groups, fast=fast)
+    empty = True
+    for pb, nbytes in chunks:
+        if pb == "tail":
+            if nbytes:
+                empty = False
+            if nbytes.strip():
+                st.truncated = True
+                st.malformed += 1
+                st.lines_read += 1
+                st.warn(f"{path}: last line has no newline (capture cut mid-line); dropped it")
+            continue
+        empty = False
+        p.chunk(pb, nbytes)
+    if empty:
+        raise InputError(f"{path}: empty file")
+    n = sum(c["n"] for c in p.chunks)
+    if n == 0:
+        if st.malformed == 0 and st.lost_events == 0:
+            raise InputError(f"{path}: no trace events (not an ftrace text capture?)")
+        raise InputError(f"{path}: not an ftrace text capture: {st.malformed} line(s), none an event line")
+    st.unknown_event_names = p.unknown
+    st.unknown_events = int(sum(p.unknown.values()))
+    frame = _assemble_chunks(p, n)
+    st.events_parsed = len(frame)
+    if st.malformed:
+        st.warn(f"{path}: {st.malformed} malformed line(s) dropped")
+    return frame, st
+
+
+def _take_col(chunks, key, fill, n, dtype):
+    out = np.empty(n, dtype)
+    o = 0
+    for c in chunks:
+        v = c.get(key)
+        k = c["n"]
+        out[o : o + k] = fill if v is None else v
+        o += k
+    return out
+
+
+def _assemble_chunks(p: _TextParser, n: int) -> pd.DataFrame:
+    chunks = p.chunks
+    data: dict[str, object] = {}
+    data["ts_ns"] = pd.Series(_take_col(chunks, "ts_ns", 0, n, np.int64), copy=False)
+    for col in ("cpu", "pid"):
+        data[col] = pd.Series(pd.arrays.IntegerArray(_take_col(chunks, col, 0, n, np.int32), np.zeros(n, bool)), copy=False)
+    # event: categories in order of first appearance
+    codes = _take_col(chunks, "event", 0, n, np.int32)
+    seen = pd.unique(codes)
+    rank = np.empty(len(p.events.values), np.int32)
+    rank[seen] = np.arange(len(seen), dtype=np.int32)
+    data["event"] = pd.Series(pd.Categorical.from_codes(rank[codes], categories=pd.Index([p.events.values[i] for i in seen], dtype=object)), copy=False)
+    for col in EVENT_COLUMN_ORDER:
+        if col in data:
+            continue
+        c = COLUMNS[col]
+        present = any(col in ch for ch in chunks)
+        if c.dtype == "category":
+            if not present:
+                continue
+            codes = _take_col(chunks, col, -1, n, np.int32)
+            data[col] = pd.Series(pd.Categorical.from_codes(codes, categories=pd.Index(p.cats[col].values, dtype=object)), copy=False)
+        elif c.dtype in _NUM_DTYPES:
+            if not present:
+                data[col] = pd.Series(pd.arrays.IntegerArray(np.zeros(n, _NUM_DTYPES[c.dtype]), np.ones(n, bool)), copy=False)
+                continue
+            vals = np.zeros(n, _NUM_DTYPES[c.dtype])
+            mask = np.ones(n, bool)
+            o = 0
+            for ch in chunks:
+                k = ch["n"]
+                v = ch.get(col)
+                if v is not None:
+                    vals[o : o + k] = v[0]
+                    mask[o : o + k] = ~v[1]
+                    ch[col] = None
+                o += k
+            data[col] = pd.Series(pd.arrays.IntegerArray(vals, mask), copy=False)
+        elif c.dtype == "boolean":
+            vals = np.zeros(n, bool)
+            mask = np.ones(n, bool)
+            o = 0
+            for ch in chunks:
+                k = ch["n"]
+                v = ch.get(col)
+                if v is not None:
+                    vals[o : o + k] = v[0]
+                    mask[o : o + k] = ~v[1]
+                o += k
+            data[col] = pd.Series(pd.arrays.BooleanArray(vals, mask), copy=False)
+        elif c.dtype == "string":
+            if not present:
+                continue
+            parts = [ch.get(col) if ch.get(col) is not None else pa.nulls(ch["n"], pa.large_string()) for ch in chunks]
+            data[col] = pd.Series(pd.arrays.ArrowStringArray(pa.chunked_array(parts, pa.large_string())), copy=False)
+    p.chunks = []
+    df = _frame(data, n)
+    return derive(df)
+
+
+EVENT_COLUMN_ORDER = tuple(c.name for c in EVENT_COLUMNS)
+
+
+def _frame(data: dict, n: int) -> pd.DataFrame:
+    """The schema's columns in order, without copying; absent nullable columns all-null, as
+    `coerce_events` makes them."""
+    cols = {}
+    for c in EVENT_COLUMNS:
+        s = data.get(c.name)
+        if s is None:
+            if c.dtype == "category":
+                s = pd.Series(pd.Categorical.from_codes(np.full(n, -1, np.int8), categories=pd.Index([], dtype="float64")), copy=False)
+            elif c.dtype == "string":
+                s = pd.Series(pd.arrays.ArrowStringArray(pa.chunked_array([pa.nulls(n, pa.large_string())])), copy=False)
+            else:
+                s = pd.Series(pd.array([None] * n, dtype=c.pandas_dtype))
+        cols[c.name] = s
+    return pd.DataFrame(cols, copy=False)
 
 
 def parse_ftrace_text(
@@ -373,379 +1268,26 @@ def parse_ftrace_text(
     stats: IngestStats | None = None,
 ) -> tuple[pd.DataFrame, IngestStats]:
     """Parse ftrace text into the event table."""
-    st = stats or IngestStats(path=path, format=fmt)
-    st.path, st.format = path, fmt
-    buf = np.frombuffer(data, dtype=np.uint8)
-    if len(buf) == 0:
-        raise InputError(f"{path}: empty file")
-    nl = np.flatnonzero(buf == 10)
-    if len(nl) == 0 or nl[-1] != len(buf) - 1:
-        # the last line has no newline: a capture cut mid-write. Drop it, say so.
-        last_start = int(nl[-1]) + 1 if len(nl) else 0
-        if last_start < len(buf) and buf[last_start:].tobytes().strip():
-            st.truncated = True
-            st.malformed += 1
-            st.warn(f"{path}: last line has no newline (capture cut mid-line); dropped it")
-    starts = np.empty(len(nl), dtype=np.int64)
-    starts[0:1] = 0
-    starts[1:] = nl[:-1] + 1
-    ends = nl.astype(np.int64)
-    # strip \r
-    cr = (ends > starts) & (buf[np.maximum(ends - 1, 0)] == 13)
-    ends = ends - cr
-    st.lines_read = len(starts) + (1 if st.truncated else 0)
-    nonempty = ends > starts
-    first = buf[np.minimum(starts, len(buf) - 1)]
-    cand = nonempty & (first != 35)  # '#'
-    starts, ends = starts[cand], ends[cand]
-    n = len(starts)
-
-    # --- header, vectorised -----------------------------------------------------------------
-    co = np.flatnonzero(buf == 58)
-    co_sp = co[(co + 1 < len(buf)) & (buf[np.minimum(co + 1, len(buf) - 1)] == 32)]
-    i = np.searchsorted(co_sp, starts)
-    ok = i < len(co_sp)
-    tsc = np.where(ok, co_sp[np.minimum(i, len(co_sp) - 1)] if len(co_sp) else 0, 0)
-    ok &= tsc < ends
-    j = np.searchsorted(co, tsc + 2)
-    ok &= j < len(co)
-    evc = np.where(ok, co[np.minimum(j, len(co) - 1)] if len(co) else 0, 0)
-    ok &= evc < ends
-    # timestamp: digits[.digits] right before tsc
-    frac, nfrac = _digits_back(buf, tsc, 9)
-    dot = tsc - nfrac - 1
-    has_dot = buf[np.maximum(dot, 0)] == 46
-    sec, nsec = _digits_back(buf, np.where(has_dot, dot, tsc), 12)
-    ok &= np.where(has_dot, (nfrac > 0) & (nsec > 0), nfrac > 0)
-    scale = 10 ** (9 - np.clip(nfrac, 0, 9))
-    ts_ns = np.where(has_dot, sec * 1_000_000_000 + frac * scale, frac)
-    ts_start = np.where(has_dot, dot - nsec, tsc - nfrac)
-    # cpu: the last ']' before the timestamp
-    rb = np.flatnonzero(buf == 93)
-    k = np.searchsorted(rb, ts_start) - 1
-    ok &= k >= 0
-    rbp = np.where(k >= 0, rb[np.maximum(k, 0)] if len(rb) else 0, 0)
-    ok &= rbp > starts
-    cpu, ncpu = _digits_back(buf, rbp, 5)
-    lb = rbp - ncpu - 1
-    ok &= (ncpu > 0) & (buf[np.maximum(lb, 0)] == 91)
-    # pid: skip spaces, optional "( tgid)", digits, '-'
-    p = _skip_back(buf, lb - 1, 32, 16)
-    paren = buf[np.maximum(p, 0)] == 41  # ')'
-    if paren.any():
-        q = p.copy()
-        for _ in range(12):
-            m = paren & (q > 0) & (buf[np.maximum(q, 0)] != 40)
-            if not m.any():
-                break
-            q = q - m
-        p = np.where(paren, _skip_back(buf, q - 1, 32, 16), p)
-    pid, npid = _digits_back(buf, p + 1, 8)
-    dash = p - npid
-    ok &= (npid > 0) & (buf[np.maximum(dash, 0)] == 45) & (dash >= starts)
-    comm_s = _skip_fwd(buf, starts, dash, 32, 24)
-    ev_s = _skip_fwd(buf, tsc + 1, evc, 32, 8)
-    a_s = _skip_fwd(buf, evc + 1, ends, 32, 64)
-    a_e = ends.copy()
-    a_e = _trim_back(buf, a_s, a_e)
-
-    rows_cpu = cpu
-    rows_pid = pid
-    comm_e = dash
-    ev_e = evc
-
-    # --- header, slow path for the rest ----------------------------------------------------
-    bad = np.flatnonzero(~ok)
-    keep = ok.copy()
-    for r in bad:
-        line = bytes(buf[starts[r] : ends[r]])
-        m = _HDR_RE.match(line)
-        if m is None:
-            lm = _LOST_RE.match(line)
-            if lm:
-                st.lost_events += int(lm.group(2) or lm.group(3))
-            elif not _SKIP_RE.match(line):
-                st.malformed += 1
-            continue
-        base = int(starts[r])
-        keep[r] = True
-        ts = m.group("ts")
-        if b"." in ts:
-            a, b = ts.split(b".")
-            ts_ns[r] = int(a) * 1_000_000_000 + int(b[:9].ljust(9, b"0"))
-        else:
-            ts_ns[r] = int(ts)
-        rows_cpu[r] = int(m.group("cpu"))
-        rows_pid[r] = int(m.group("pid"))
-        comm_s[r], comm_e[r] = base + m.start("comm"), base + m.end("comm")
-        ev_s[r], ev_e[r] = base + m.start("event"), base + m.end("event")
-        a_s[r], a_e[r] = base + m.start("args"), base + m.end("args")
-    sel = np.flatnonzero(keep)
-    n = len(sel)
-    if n == 0:
-        if st.malformed == 0 and st.lost_events == 0:
-            raise InputError(f"{path}: no trace events (not an ftrace text capture?)")
-        raise InputError(f"{path}: not an ftrace text capture: {st.malformed} line(s), none an event line")
-    ts_ns, rows_cpu, rows_pid = ts_ns[sel], rows_cpu[sel], rows_pid[sel]
-    comm_s, comm_e, ev_s, ev_e, a_s, a_e = comm_s[sel], comm_e[sel], ev_s[sel], ev_e[sel], a_s[sel], a_e[sel]
-
-    cols = _Cols(n)
-    allrows = np.arange(n, dtype=np.int64)
-    # event names → groups
-    ev_arr = spans_to_arrow(buf, n, allrows, ev_s, ev_e)
-    ev_dict = ev_arr.dictionary_encode()
-    ev_codes = ev_dict.indices.to_numpy(zero_copy_only=False)
-    names = ev_dict.dictionary.to_pylist()
-    order = np.argsort(ev_codes, kind="stable")
-    bounds = np.searchsorted(ev_codes[order], np.arange(len(names) + 1))
-    eq = np.flatnonzero(buf == 61)
-    event_out = np.empty(n, dtype=object)
-    canon_names: list[str] = []
-    canon_code = np.zeros(n, dtype=np.int32)
-    canon_index: dict[str, int] = {}
-    unknown: dict[str, int] = {}
-
-    def _code(name):
-        if name not in canon_index:
-            canon_index[name] = len(canon_names)
-            canon_names.append(name)
-        return canon_index[name]
-
-    for ci, name in enumerate(names):
-        rows = order[bounds[ci] : bounds[ci + 1]]
-        if len(rows) == 0:
-            continue
-        if name in MARKER_EVENTS:
-            canon_code[rows] = _code("ftrace:print")
-            cols.add_span("marker", rows, a_s[rows], a_e[rows])
-            continue
-        _parse_group(buf, eq, name, rows, a_s, a_e, cols, kprobe_groups, canon_code, _code, unknown)
-    del event_out
-    st.unknown_event_names = unknown
-    st.unknown_events = int(sum(unknown.values()))
-
-    frame = _assemble(buf, n, cols, ts_ns, rows_cpu, rows_pid, comm_s, comm_e, canon_names, canon_code)
-    st.events_parsed = len(frame)
-    if st.malformed:
-        st.warn(f"{path}: {st.malformed} malformed line(s) dropped")
-    return frame, st
+    return _run(_chunks_of(data, CHUNK_BYTES), path=path, fmt=fmt, kprobe_groups=kprobe_groups, stats=stats)
 
 
-def _trim_back(buf, s, e):
-    for _ in range(8):
-        m = (e > s) & ((buf[np.maximum(e - 1, 0)] == 32) | (buf[np.maximum(e - 1, 0)] == 13))
-        if not m.any():
-            break
-        e = e - m
-    return e
+def parse_ftrace_text_reference(data, *, path: str = "<buffer>", fmt: str = "ftrace-text", kprobe_groups=None,
+                                chunk_bytes: int = CHUNK_BYTES) -> tuple[pd.DataFrame, IngestStats]:
+    """The same parse with a regex per line for every header and every field list (no layouts,
+    no 8-byte reads): the reference the fast path is tested against."""
+    return _run(_chunks_of(data, chunk_bytes), path=path, fmt=fmt, kprobe_groups=kprobe_groups, stats=None, fast=False)
 
 
-def _parse_group(buf, eq, name, rows, a_s, a_e, cols, kprobe_groups, canon_code, _code, unknown):
-    """Fields of all lines of one event name: learn a layout, check it on every line, repeat."""
-    pending = rows
-    for _attempt in range(6):
-        if len(pending) == 0:
-            return
-        r0 = int(pending[0])
-        line = bytes(buf[a_s[r0] : a_e[r0]])
-        kv, pre_end = _kv_spans(line, 0)
-        keys = [k for k, _, _, _ in kv]
-        prefix = line[:pre_end]
-        kprobe = prefix.startswith(b"(") and (b" <- " in prefix or b"+0x" in prefix)
-        event, known = canonical_event(name, kprobe=kprobe, kprobe_groups=kprobe_groups)
-        ps = a_s[pending]
-        pe = a_e[pending]
-        base = np.searchsorted(eq, ps)
-        ok = np.ones(len(pending), dtype=bool)
-        key_starts, val_s, val_e = [], [], []
-        for jj, key in enumerate(keys):
-            kb = key.encode()
-            idx = base + jj
-            okj = idx < len(eq)
-            eqj = np.where(okj, eq[np.minimum(idx, len(eq) - 1)] if len(eq) else 0, 0)
-            okj &= eqj < pe
-            ks = eqj - len(kb)
-            okj &= ks >= ps
-            for t, c in enumerate(kb):
-                okj &= buf[np.maximum(ks + t, 0)] == c
-            if jj == 0 and not prefix:
-                okj &= ks == ps
-            else:
-                okj &= (ks > ps) & (buf[np.maximum(ks - 1, 0)] == 32)
-            ok &= okj
-            key_starts.append(ks)
-            val_s.append(eqj + 1)
-        if keys:
-            idx = base + len(keys)
-            ok &= (idx >= len(eq)) | (eq[np.minimum(idx, len(eq) - 1)] >= pe)
-            for jj in range(len(keys)):
-                val_e.append(key_starts[jj + 1] - 1 if jj + 1 < len(keys) else pe)
-        else:
-            # no key=value at all: the whole line is raw args; lines with '=' try another layout
-            idx = base
-            ok &= (idx >= len(eq)) | (eq[np.minimum(idx, len(eq) - 1)] >= pe)
-        good = pending[ok]
-        if len(good):
-            canon_code[good] = _code(event)
-            if not known:
-                unknown[name] = unknown.get(name, 0) + len(good)
-            _emit(cols, event, known, good, keys, ps[ok], [k[ok] for k in key_starts], [v[ok] for v in val_s],
-                  [v[ok] for v in val_e], bool(prefix), pe[ok])
-        pending = pending[~ok]
-        if ok.sum() == 0:
-            break
-    # what is left: one line at a time
-    for r in pending:
-        r = int(r)
-        line = bytes(buf[a_s[r] : a_e[r]])
-        kv, pre_end = _kv_spans(line, int(a_s[r]))
-        prefix = line[: pre_end - int(a_s[r])]
-        kprobe = prefix.startswith(b"(") and (b" <- " in prefix or b"+0x" in prefix)
-        event, known = canonical_event(name, kprobe=kprobe, kprobe_groups=kprobe_groups)
-        canon_code[r] = _code(event)
-        if not known:
-            unknown[name] = unknown.get(name, 0) + 1
-        one = np.array([r])
-        _emit(cols, event, known, one, [k for k, _, _, _ in kv], np.array([a_s[r]]),
-              [np.array([ks]) for _, ks, _, _ in kv], [np.array([vs]) for _, _, vs, _ in kv],
-              [np.array([ve]) for _, _, _, ve in kv], pre_end > int(a_s[r]), np.array([pre_end]), prefix_end_abs=True)
-
-
-def _emit(cols, event, known, rows, keys, ps, key_starts, val_s, val_e, has_prefix, pe, prefix_end_abs=False):
-    """Route each field of a block of lines to its column or to `args`."""
-    mapping = columns_for(event) if known else {}
-    args_rows, args_s, args_e = [], [], []
-    if has_prefix:
-        pre_e = pe if prefix_end_abs else (key_starts[0] - 1 if keys else pe)
-        if event == "vmalloc:alloc_vmap_area":
-            # 6.12 prints "va_start: <decimal>" before the key=value fields
-            cols.num.setdefault("ptr@va", []).append((rows, ps + 10, pre_e))
-        args_rows.append(rows)
-        args_s.append(ps)
-        args_e.append(pre_e)
-    used = set()
-    for key, ks, vs, ve in zip(keys, key_starts, val_s, val_e):
-        col = mapping.get(key)
-        if col and col not in used:
-            used.add(col)
-            if col in NUMERIC_BASE:
-                cols.num.setdefault(col, []).append((rows, vs, ve))
-            elif col == "accounted":
-                cols.boolv.setdefault(col, []).append((rows, vs, ve))
-            else:
-                cols.add_span(col, rows, vs, ve)
-                if col == "gfp_flags":  # numeric gfp printed as a number (trace-cmd raw, old kernels)
-                    cols.num.setdefault("gfp@maybe", []).append((rows, vs, ve))
-            continue
-        args_rows.append(rows)
-        args_s.append(ks)
-        args_e.append(ve)
-    for r, s, e in zip(args_rows, args_s, args_e):
-        cols.add_span("args", r, s, e)
-
-
-def _assemble(buf, n, cols, ts_ns, cpu, pid, comm_s, comm_e, canon_names, canon_code) -> pd.DataFrame:
-    data: dict[str, object] = {}
-    data["ts_ns"] = pd.Series(ts_ns.astype(np.int64))
-    data["cpu"] = pd.Series(pd.array(cpu.astype(np.int32), dtype="Int32"))
-    data["pid"] = pd.Series(pd.array(pid.astype(np.int32), dtype="Int32"))
-    comm = spans_to_arrow(buf, n, np.arange(n), comm_s, comm_e)
-    data["comm"] = _categorical(comm)
-    data["event"] = pd.Series(pd.Categorical.from_codes(canon_code, categories=pd.Index(canon_names, dtype=object)))
-    for col, pieces in cols.num.items():
-        if "@" in col:
-            continue
-        data[col] = _numeric_column(buf, n, col, pieces)
-    if "ptr@va" in cols.num:
-        rows, vals, okv = _gather_num(buf, cols.num["ptr@va"], 0)
-        cur = data.get("ptr")
-        arr = np.zeros(n, np.uint64)
-        mask = np.zeros(n, bool)
-        if cur is not None:
-            arr = np.array(cur.to_numpy(dtype=np.uint64, na_value=0))
-            mask = np.array(cur.notna().to_numpy())
-        arr[rows[okv]] = vals[okv]
-        mask[rows[okv]] = True
-        data["ptr"] = pd.Series(pd.arrays.IntegerArray(arr, ~mask)).astype("UInt64")
-    if "gfp@maybe" in cols.num:
-        rows, vals, okv = _gather_num(buf, cols.num["gfp@maybe"], 0)
-        if okv.any():
-            cur = data.get("gfp")
-            arr = np.zeros(n, np.uint64)
-            mask = np.zeros(n, bool)
-            if cur is not None:
-                arr = np.array(cur.to_numpy(dtype=np.uint64, na_value=0))
-                mask = np.array(cur.notna().to_numpy())
-            arr[rows[okv]] = vals[okv]
-            mask[rows[okv]] = True
-            data["gfp"] = pd.Series(pd.arrays.IntegerArray(arr, ~mask)).astype("UInt64")
-    for col, pieces in cols.boolv.items():
-        rows = np.concatenate([p[0] for p in pieces])
-        s = np.concatenate([p[1] for p in pieces])
-        e = np.concatenate([p[2] for p in pieces])
-        c0 = buf[np.minimum(s, len(buf) - 1)] | 0x20
-        val = np.zeros(n, bool)
-        mask = np.zeros(n, bool)
-        t = (e > s) & ((c0 == ord("t")) | (c0 == ord("1")) | (c0 == ord("y")))
-        f = (e > s) & ((c0 == ord("f")) | (c0 == ord("0")) | (c0 == ord("n")))
-        val[rows] = t
-        mask[rows] = t | f
-        data[col] = pd.Series(pd.arrays.BooleanArray(val, ~mask))
-    for col, (r, s, e) in cols.spans.items():
-        arr = spans_to_arrow(buf, n, np.concatenate(r), np.concatenate(s), np.concatenate(e))
-        if COLUMNS[col].dtype == "category":
-            data[col] = _categorical(arr)
-        else:
-            data[col] = pd.Series(pd.arrays.ArrowStringArray(arr.cast(pa.large_string())))
-    df = pd.DataFrame(data)
-    df = coerce_events(df)
-    return derive(df)
-
-
-def _gather_num(buf, pieces, base):
-    rows = np.concatenate([p[0] for p in pieces])
-    s = np.concatenate([p[1] for p in pieces])
-    e = np.concatenate([p[2] for p in pieces])
-    vals, okv = parse_ints(buf, s, e, base)
-    return rows, vals, okv
-
-
-def _numeric_column(buf, n, col, pieces) -> pd.Series:
-    rows, vals, okv = _gather_num(buf, pieces, NUMERIC_BASE[col])
-    dtype = COLUMNS[col].pandas_dtype
-    arr = np.zeros(n, np.uint64)
-    mask = np.zeros(n, bool)
-    arr[rows[okv]] = vals[okv]
-    mask[rows[okv]] = True
-    np_dtype = {"UInt64": np.uint64, "Int64": np.int64, "Int32": np.int32, "UInt32": np.uint32}[str(dtype)]
-    if np_dtype in (np.int64, np.int32):
-        a = arr.view(np.int64)
-        if np_dtype is np.int32:
-            mask &= (a >= -(2**31)) & (a < 2**31)
-            a = np.where(mask, a, 0)
-        values = a.astype(np_dtype)
-    else:
-        if np_dtype is np.uint32:
-            mask &= arr < 2**32
-            arr = np.where(mask, arr, 0)
-        values = arr.astype(np_dtype)
-    return pd.Series(pd.arrays.IntegerArray(values, ~mask))
-
-
-def _categorical(arr: pa.Array) -> pd.Series:
-    d = arr.dictionary_encode()
-    codes = d.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int32)
-    cats = d.dictionary.to_pylist()
-    return pd.Series(pd.Categorical.from_codes(codes, categories=pd.Index(cats, dtype=object)))
-
-
-def load_ftrace_text(path: str, *, kprobe_groups=None, fmt: str = "ftrace-text") -> tuple[pd.DataFrame, IngestStats]:
+def load_ftrace_text(path: str, *, kprobe_groups=None, fmt: str = "ftrace-text", chunk_bytes: int = CHUNK_BYTES) -> tuple[pd.DataFrame, IngestStats]:
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        f = open(path, "rb")
     except OSError as e:
         raise InputError(f"{path}: cannot read: {e.strerror or e}") from None
-    return parse_ftrace_text(data, path=path, fmt=fmt, kprobe_groups=kprobe_groups)
+    with f:
+        try:
+            return _run(_file_chunks(f, chunk_bytes), path=path, fmt=fmt, kprobe_groups=kprobe_groups, stats=None)
+        except OSError as e:
+            raise InputError(f"{path}: cannot read: {e.strerror or e}") from None
 
 
 __all__ = ["parse_ftrace_text", "load_ftrace_text", "canonical_event", "kprobe_groups_from_defs", "empty_events"]
