@@ -161,8 +161,86 @@ def columns_for(event: str) -> dict[str, str]:
     return m
 
 
+_PAGE_EVENTS = ("kmem:mm_page_alloc", "kmem:mm_page_free", "kmem:mm_page_free_batched", "kmem:mm_page_alloc_zone_locked")
+_GFP_EVENTS = ("kmem:kmalloc", "kmem:kmalloc_node", "kmem:mm_page_alloc")
+
+
+def _masked(s: pd.Series):
+    """(values, valid) of a nullable column without copying."""
+    a = s.array
+    return a._data, ~a._mask
+
+
 def derive(df: pd.DataFrame) -> pd.DataFrame:
-    """Per-event derived columns (pages/bytes of page events, accounted from gfp). In place."""
+    """Per-event derived columns (pages/bytes of page events, accounted from gfp). In place.
+
+    Works on the columns' numpy buffers; `_derive_pandas` is the same in pandas operations and
+    takes over for input it would reject or that is not in the schema's dtypes."""
+    dt = {c: str(df[c].dtype) for c in ("event", "order", "pages", "bytes", "accounted", "gfp", "gfp_flags")}
+    if dt != {"event": "category", "order": "Int32", "pages": "Int64", "bytes": "Int64", "accounted": "boolean",
+              "gfp": "UInt64", "gfp_flags": "category"}:
+        return _derive_pandas(df)
+    n = len(df)
+    ev = df["event"].array
+    cats = list(ev.categories)
+    codes = ev.codes
+
+    def is_ev(names):
+        want = [i for i, c in enumerate(cats) if c in names]
+        if not want:
+            return np.zeros(n, bool)
+        return np.isin(codes, want)
+
+    page_ev = is_ev(_PAGE_EVENTS)
+    o_val, o_ok = _masked(df["order"])
+    if ((o_val < 0) & o_ok).any():
+        return _derive_pandas(df)
+    if page_ev.any():
+        p_val, p_ok = _masked(df["pages"])
+        b_val, b_ok = _masked(df["bytes"])
+        batched = is_ev(("kmem:mm_page_free_batched",)) & ~o_ok
+        o64 = np.where(batched, 0, o_val.astype(np.int64))
+        ook = o_ok | batched
+        pw_ok = ook & page_ev
+        pw = np.power(np.int64(2), np.where(pw_ok, o64, 0))
+        pages = np.where(page_ev, pw, p_val)
+        pages_ok = np.where(page_ev, pw_ok, p_ok)
+        byts = np.where(page_ev, pw * PAGE_SIZE, b_val)
+        bytes_ok = np.where(page_ev, pw_ok, b_ok)
+        df["pages"] = pd.arrays.IntegerArray(np.where(pages_ok, pages, 0), ~pages_ok)
+        df["bytes"] = pd.arrays.IntegerArray(np.where(bytes_ok, byts, 0), ~bytes_ok)
+        if batched.any():
+            df["order"] = pd.arrays.IntegerArray(np.where(batched, 0, o_val).astype(np.int32), ~ook)
+            o_val, o_ok = _masked(df["order"])
+    p_val, p_ok = _masked(df["pages"])
+    kp = ~p_ok & o_ok & ~page_ev
+    if kp.any():
+        pages = np.where(kp, np.power(np.int64(2), np.where(kp, o_val.astype(np.int64), 0)), p_val)
+        df["pages"] = pd.arrays.IntegerArray(pages, ~(p_ok | kp))
+    a_val, a_ok = _masked(df["accounted"])
+    by_gfp = is_ev(_GFP_EVENTS) & ~a_ok
+    if by_gfp.any():
+        acc = np.zeros(n, bool)
+        acc_ok = np.zeros(n, bool)
+        g_val, g_ok = _masked(df["gfp"])
+        if g_ok.any():
+            acc = (g_val & np.uint64(GFP_ACCOUNT)) != 0
+            acc_ok = g_ok.copy()
+        f = df["gfp_flags"].array
+        if (f.codes >= 0).any():
+            has = np.array(["ACCOUNT" in str(c) for c in f.categories] + [False], bool)
+            fc = f.codes.astype(np.int64)
+            fill = ~acc_ok & (fc >= 0)
+            acc = np.where(fill, has[fc], acc)
+            acc_ok |= fill
+        new_val = np.where(by_gfp, acc, a_val)
+        new_ok = np.where(by_gfp, acc_ok, a_ok)
+        df["accounted"] = pd.arrays.BooleanArray(new_val & new_ok, ~new_ok)
+    return df
+
+
+def _derive_pandas(df: pd.DataFrame) -> pd.DataFrame:
+    """`derive` in plain pandas: the definition, and the path for odd input (negative orders)."""
     ev = df["event"].astype(str) if len(df) else pd.Series([], dtype=str)
     page_ev = ev.isin(["kmem:mm_page_alloc", "kmem:mm_page_free", "kmem:mm_page_free_batched", "kmem:mm_page_alloc_zone_locked"])
     if page_ev.any():
@@ -286,7 +364,8 @@ _BYTEIDX = _u(0x0001020304050607)
 _LOW = np.array([(1 << (8 * k)) - 1 for k in range(8)] + [(1 << 64) - 1], dtype=np.uint64)
 #: '0' in the low k bytes
 _LOWZERO = _LOW & _ZERO
-_PAD = 16  # bytes before and after a chunk, so 8-byte reads at any line offset stay inside
+_PAD = 16  # zero bytes before a chunk, so 8-byte reads ending at a line start stay inside
+_TAIL = 256  # zero bytes after it, for the header reads of a short last line
 
 
 def _u64_view(pbuf) -> np.ndarray:
@@ -479,7 +558,7 @@ def _learn_layout(line: bytes) -> _Layout | None:
             return None
     else:
         fs = fe = rb + 1
-    if not (2 <= dot - fe <= 8) or not (1 <= nf <= 9):
+    if not (2 <= dot - fe <= 8) or not (1 <= nf <= 9) or tc > 160:
         return None
     cls = {}  # offset -> ('lit', byte) | 'dig' | 'flag0' | 'flag'
     cls[D] = ("lit", 45)
@@ -995,16 +1074,21 @@ class _TextParser:
     # --- chunk → compact columns ---
     def _finish_chunk(self, ctx, n, ts, cpu, pid, cm_s, cm_e, ev_code) -> dict:
         buf, U, pbuf, p = ctx.buf, ctx.U, ctx.pbuf, ctx.pieces
+        if self.fast:
+            view, nums_of = _binary_view, _parse_nums
+        else:  # the reference: Python slices and the digit-by-digit `parse_ints`
+            view = _spans_py
+            nums_of = lambda buf, U, s, e, base: parse_ints(buf, s, e, base)  # noqa: E731
         out: dict = {"n": n, "ts_ns": ts, "cpu": cpu.astype(np.int32), "pid": pid.astype(np.int32), "event": ev_code}
-        out["comm"] = self.cats["comm"].codes(_binary_view(buf, U, pbuf, n, np.arange(n), cm_s, cm_e))
+        out["comm"] = self.cats["comm"].codes(view(buf, U, pbuf, n, np.arange(n), cm_s, cm_e))
         for col, pieces in p.cat.items():
             rows, s, e = _cat3(pieces)
-            out[col] = self.cats[col].codes(_binary_view(buf, U, pbuf, n, rows, s, e))
+            out[col] = self.cats[col].codes(view(buf, U, pbuf, n, rows, s, e))
         nums = {}
         for col, pieces in p.num.items():
             rows, s, e = _cat3(pieces)
             base = 0 if "@" in col else NUMERIC_BASE[col]
-            vals, okv = _parse_nums(buf, U, s, e, base)
+            vals, okv = nums_of(buf, U, s, e, base)
             nums[col] = (rows, vals, okv)
         for col, (rows, vals, okv) in nums.items():
             if "@" in col:
@@ -1037,12 +1121,12 @@ class _TextParser:
             out[col] = (val, valid)
         if p.marker:
             rows, s, e = _cat3(p.marker)
-            out["marker"] = _to_large_string(_binary_view(buf, U, pbuf, n, rows, s, e))
+            out["marker"] = _to_large_string(view(buf, U, pbuf, n, rows, s, e))
         if p.args:
             joined = None
             for part in sorted(p.args):
                 rows, s, e = _cat3(p.args[part])
-                a = _binary_view(buf, U, pbuf, n, rows, s, e).cast(pa.large_binary())
+                a = view(buf, U, pbuf, n, rows, s, e).cast(pa.large_binary())
                 if joined is None:
                     joined = a
                 else:
@@ -1050,6 +1134,13 @@ class _TextParser:
                     joined = pc.if_else(pc.is_null(a), joined, j2)
             out["args"] = _to_large_string(joined)
         return out
+
+
+def _spans_py(buf, U, pbuf, nrows, rows, s, e) -> pa.Array:
+    vals = [None] * nrows
+    for r, a, b in zip(rows.tolist(), s.tolist(), e.tolist()):
+        vals[r] = bytes(pbuf[a : max(a, b)])
+    return pa.array(vals, pa.large_binary())
 
 
 class _Ctx:
@@ -1109,7 +1200,7 @@ def _chunks_of(data, chunk_bytes: int):
 
 
 def _padded(mv) -> bytearray:
-    pb = bytearray(_PAD + len(mv) + _PAD)
+    pb = bytearray(_PAD + len(mv) + _TAIL)
     pb[_PAD : _PAD + len(mv)] = mv
     return pb
 
@@ -1118,7 +1209,7 @@ def _file_chunks(f, chunk_bytes: int):
     """Like `_chunks_of`, reading a file: never more than one chunk in memory."""
     carry = b""
     while True:
-        pb = bytearray(_PAD + len(carry) + chunk_bytes + _PAD)
+        pb = bytearray(_PAD + len(carry) + chunk_bytes + _TAIL)
         pb[_PAD : _PAD + len(carry)] = carry
         got = f.readinto(memoryview(pb)[_PAD + len(carry) : _PAD + len(carry) + chunk_bytes]) or 0
         total = len(carry) + got
