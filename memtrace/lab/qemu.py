@@ -44,6 +44,7 @@ class Guest:
         cpus: int = 2,
         accel: str = "tcg",
         append: str = "",
+        extra_args: tuple[str, ...] = (),
     ) -> None:
         self.rundir = rundir
         self.serial_log = rundir / "serial.log"
@@ -65,7 +66,10 @@ class Guest:
             "-qmp", f"unix:{self.qmp_control},server=on,wait=off",
             "-qmp", f"unix:{self.qmp_drgn},server=on,wait=off",
             "-device", "vmcoreinfo",
-            "-drive", f"file={out_disk},format=raw,if=virtio",
+            # the guest finds its disks by serial (guest/lib.sh mt_disk)
+            "-drive", f"file={out_disk},format=raw,if=none,id=out",
+            "-device", "virtio-blk-pci,drive=out,serial=memtrace-out",
+            *extra_args,
         ]
         self.proc: subprocess.Popen | None = None
         self._detached = False

@@ -173,7 +173,19 @@ mt_trace_stop() {
 # Write /out onto the output disk as a tar (the host reads it after the run).
 mt_finish() {
 	echo "$1" > /out/rc
-	tar -c -f /dev/vda -C /out . && sync
+	tar -c -f "$(mt_disk memtrace-out || echo /dev/vda)" -C /out . && sync
+}
+
+# mt_disk SERIAL: the /dev node of the virtio disk QEMU gave serial SERIAL (fails if none)
+mt_disk() {
+	for _s in /sys/block/*/serial; do
+		if [ "$(cat "$_s" 2> /dev/null)" = "$1" ]; then
+			_b=${_s%/serial}
+			echo "/dev/${_b##*/}"
+			return 0
+		fi
+	done
+	return 1
 }
 
 # The maps of the restart and ghost scenarios, each created in its own step inside CG and
