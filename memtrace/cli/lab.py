@@ -85,6 +85,11 @@ def run_cmd(
     timeout: float = typer.Option(900, "--timeout", help="Seconds the scenario may take before the guest is ended."),
     force: bool = typer.Option(False, "--force", help="Replace a non-empty --out folder."),
     json_out: bool = typer.Option(False, "--json", help="Print the run's meta.json instead of a summary."),
+    live_snapshot: bool = typer.Option(
+        False, "--live-snapshot",
+        help="After the last step, run 'memtrace snapshot --live' inside the guest (builds a cached Python disk image once; "
+        "guest memory at least 2048 MiB); writes live-snapshot.json and live.snapshot.",
+    ),
 ) -> None:
     """Run a scenario on a real kernel; write ground truth, a trace and a vmcore."""
     from memtrace.errors import InputError
@@ -110,6 +115,7 @@ def run_cmd(
         kprobe_events=probes,
         force=force,
         progress=_say,
+        live_snapshot=live_snapshot,
     )
     if json_out:
         out.print_json(json.dumps(res.meta))

@@ -138,8 +138,12 @@ def build(
     *,
     kprobe_events: str | None = None,
     events: tuple[str, ...] = TRACE_EVENTS,
+    extra: dict[str, bytes] | None = None,
 ) -> Path:
-    """Write the initramfs for one run to ``dest`` (gzip'd cpio) and return it."""
+    """Write the initramfs for one run to ``dest`` (gzip'd cpio) and return it.
+
+    ``extra``: more files, by path in the guest (e.g. memtrace/live.sh for a live snapshot).
+    """
     busybox = _which("busybox")
     bpftool = _which("bpftool")
     mapctl = build_mapctl()
@@ -166,6 +170,8 @@ def build(
     c.file("memtrace/scenario.sh", scenario, 0o755)
     c.file("memtrace/events.list", ("\n".join(events) + "\n").encode())
     c.file("memtrace/kprobe_events", (kprobe_events or "").encode())
+    for path, data in (extra or {}).items():
+        c.file(path, data, 0o755 if path.endswith(".sh") else 0o644)
     data = gzip.compress(c.finish(), compresslevel=1)
     dest.write_bytes(data)
     return dest

@@ -81,8 +81,13 @@ def run(
     kprobe_events: str | None = None,
     force: bool = False,
     progress=None,
+    live_snapshot: bool = False,
 ) -> RunResult:
-    """Run ``scenario`` on the lab kernel ``kernel_series``; write results to ``out``."""
+    """Run ``scenario`` on the lab kernel ``kernel_series``; write results to ``out``.
+
+    ``live_snapshot``: after the last step, run ``memtrace snapshot --live`` inside the guest
+    (memtrace.lab.pyroot); its output lands in ``out`` as live-snapshot.json, live.snapshot.
+    """
     say = progress or (lambda msg: None)
     name, script = load_scenario(scenario)
     kernels.series_of(kernel_series)
@@ -94,13 +99,21 @@ def run(
 
     qemu_binary()  # fail before the download if QEMU is missing
     kernel = kernels.fetch(kernel_series, progress=say)
+    extra, qemu_args = None, ()
+    if live_snapshot:
+        from memtrace.lab import pyroot
+
+        extra, qemu_args, pyroot_image = pyroot.prepare(kernel, progress=say)
+        if memory_mb < pyroot.MIN_MEMORY_MB:
+            say(f"live snapshot: guest memory raised to {pyroot.MIN_MEMORY_MB} MiB (drgn and vmlinux)")
+            memory_mb = pyroot.MIN_MEMORY_MB
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     # Sockets need short paths (108 bytes): the guest's runtime folder lives in /tmp.
     rundir = Path(tempfile.mkdtemp(prefix="memtrace-guest-"))
     detached = False
     try:
-        initrd = initramfs.build(kernel, script, rundir / "initrd.gz", kprobe_events=kprobe_events)
+        initrd = initramfs.build(kernel, script, rundir / "initrd.gz", kprobe_events=kprobe_events, extra=extra)
         disk = rundir / "out.img"
         with open(disk, "wb") as f:
             f.truncate(OUT_DISK_BYTES)
@@ -108,7 +121,8 @@ def run(
         t0 = time.time()
         timings: dict[str, float] = {}
         with Guest(
-            kernel=kernel.vmlinuz, initrd=initrd, rundir=rundir, out_disk=disk, memory_mb=memory_mb, cpus=cpus
+            kernel=kernel.vmlinuz, initrd=initrd, rundir=rundir, out_disk=disk, memory_mb=memory_mb, cpus=cpus,
+            extra_args=qemu_args,
         ) as guest:
             say(f"booting {kernel.release} ({cpus} vCPU, {memory_mb} MiB, TCG)")
             guest.wait_for(r"MEMTRACE-BOOTED", boot_timeout)
@@ -121,6 +135,8 @@ def run(
                     say(f"step {idx} {step_name}")
                 if "MEMTRACE-ERROR" in line:
                     say(line[line.index("MEMTRACE-ERROR"):])
+                if "MEMTRACE-LIVE " in line:
+                    say(line[line.index("MEMTRACE-LIVE ") + 14:])
 
             m = guest.wait_for(r"MEMTRACE-DONE rc=(\d+)", scenario_timeout, on_line=on_line)
             timings["scenario_s"] = round(time.time() - t0 - timings["boot_s"], 3)
@@ -133,6 +149,9 @@ def run(
                     f"scenario {name!r} failed in the guest (exit {rc})",
                     detail="scenario log tail:\n" + "\n".join("  " + l for l in log),
                 )
+            if live_snapshot:
+                live_meta = pyroot.collect(work / "guest", work, pyroot_image)
+                timings["live_snapshot_s"] = live_meta["wall_s"]
             if vmcore:
                 say("dumping guest memory")
                 t1 = time.time()
@@ -164,6 +183,8 @@ def run(
                 "trace": _trace_meta(g),
                 "files": sorted(p.name for p in work.iterdir() if p.name != "guest") + ["meta.json"],
             }
+            if live_snapshot:
+                meta["live_snapshot"] = live_meta
             (work / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
             shutil.rmtree(g)
             if out.exists():
