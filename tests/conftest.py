@@ -18,13 +18,16 @@ KERNELS = ("6.1", "6.12")
 class LabRuns:
     """Lab runs made on demand and shared by every test of the session."""
 
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.reuse = Path(os.environ["MEMTRACE_LAB_RUNS"]) if os.environ.get("MEMTRACE_LAB_RUNS") else None
+    def __init__(self, root: Path | None, reuse: Path | None = None) -> None:
+        self.root = root  # None: never boot a guest, only reuse
+        env = os.environ.get("MEMTRACE_LAB_RUNS")
+        self.reuse = reuse or (Path(env) if env else None)
         self._done: dict[tuple[str, str], Path] = {}
 
     def get(self, scenario: str, kernel: str, *, vmcore: bool = True) -> Path:
-        """Output folder of `scenario` run on `kernel` (with a vmcore unless vmcore=False)."""
+        """Output folder of `scenario` run on `kernel` (with a vmcore unless vmcore=False).
+
+        A run made here always has a vmcore, so one run serves every test."""
         key = (scenario, kernel)
         if key in self._done and (not vmcore or (self._done[key] / "vmcore").exists()):
             return self._done[key]
@@ -33,6 +36,8 @@ class LabRuns:
             if (cand / "meta.json").exists() and (not vmcore or (cand / "vmcore").exists()):
                 self._done[key] = cand
                 return cand
+        if self.root is None:
+            raise FileNotFoundError(f"no reusable run {scenario}-{kernel} in {self.reuse}")
         from memtrace.lab.run import run
 
         out = self.root / f"{scenario}-{kernel}"
@@ -41,7 +46,7 @@ class LabRuns:
         return out
 
     def truth(self, scenario: str, kernel: str) -> dict:
-        return json.loads((self.get(scenario, kernel) / "truth.json").read_text())
+        return json.loads((self.get(scenario, kernel, vmcore=False) / "truth.json").read_text())
 
 
 @pytest.fixture(scope="session")
