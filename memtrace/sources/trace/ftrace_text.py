@@ -196,21 +196,29 @@ def derive(df: pd.DataFrame) -> pd.DataFrame:
     if ((o_val < 0) & o_ok).any():
         return _derive_pandas(df)
     if page_ev.any():
-        p_val, p_ok = _masked(df["pages"])
-        b_val, b_ok = _masked(df["bytes"])
-        batched = is_ev(("kmem:mm_page_free_batched",)) & ~o_ok
-        o64 = np.where(batched, 0, o_val.astype(np.int64))
-        ook = o_ok | batched
-        pw_ok = ook & page_ev
-        pw = np.power(np.int64(2), np.where(pw_ok, o64, 0))
-        pages = np.where(page_ev, pw, p_val)
-        pages_ok = np.where(page_ev, pw_ok, p_ok)
-        byts = np.where(page_ev, pw * PAGE_SIZE, b_val)
-        bytes_ok = np.where(page_ev, pw_ok, b_ok)
-        df["pages"] = pd.arrays.IntegerArray(np.where(pages_ok, pages, 0), ~pages_ok)
-        df["bytes"] = pd.arrays.IntegerArray(np.where(bytes_ok, byts, 0), ~bytes_ok)
-        if batched.any():
-            df["order"] = pd.arrays.IntegerArray(np.where(batched, 0, o_val).astype(np.int32), ~ook)
+        # only the page events' rows change: work on those (the frame may be large)
+        pr = np.flatnonzero(page_ev)
+        batched_r = is_ev(("kmem:mm_page_free_batched",))[pr] & ~o_ok[pr]
+        ook_r = o_ok[pr] | batched_r
+        o64 = np.where(ook_r, o_val[pr].astype(np.int64), 0)
+        o64[batched_r] = 0
+        pw = np.power(np.int64(2), o64)
+        del o64
+        for col, mult in (("pages", 1), ("bytes", PAGE_SIZE)):
+            v_old, ok_old = _masked(df[col])
+            vals = v_old.copy()
+            ok = ok_old.copy()
+            del v_old, ok_old
+            vals[pr] = np.where(ook_r, pw * mult, 0)
+            ok[pr] = ook_r
+            vals[~ok] = 0
+            df[col] = pd.arrays.IntegerArray(vals, ~ok)
+            del vals, ok
+        del pw
+        if batched_r.any():
+            batched = np.zeros(n, bool)
+            batched[pr[batched_r]] = True
+            df["order"] = pd.arrays.IntegerArray(np.where(batched, 0, o_val).astype(np.int32), ~(o_ok | batched))
             o_val, o_ok = _masked(df["order"])
     p_val, p_ok = _masked(df["pages"])
     kp = ~p_ok & o_ok & ~page_ev
