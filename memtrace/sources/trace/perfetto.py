@@ -437,6 +437,8 @@ _H80 = _U(0x8080808080808080)
 _M7F = _U(0x7F7F7F7F7F7F7F7F)
 _BYTEIDX = _U(0x0001020304050607)
 _PADB = 16  # zero bytes after a buffer, for 8-byte reads at its end
+#: bytes of packets decoded at once: per-event temporaries stay a few times this
+WINDOW_BYTES = 4 << 20
 
 
 class _Wire:
@@ -766,8 +768,7 @@ class _FastReader(_Reader):
         self.w = _wire()
         self.next_ord = 0
         self.b = _OrdBuilder(self)
-        # per fast segment: arrays of the hot events
-        self.hot_parts: list[dict] = []
+        self.oc = _OrdColumns()
 
     def inner_packets(self, inner: bytes, where: str, depth: int):
         self.segment(_padded(inner), len(inner), where, depth)
@@ -775,7 +776,6 @@ class _FastReader(_Reader):
     # --- one buffer of packets ---------------------------------------------------------------
     def segment(self, pb, n: int, where: str, depth: int = 0):
         st = self.st
-        w = self.w
         pkts, damage = _split_packets(pb, n)
         arr = np.frombuffer(pb, np.uint8)
         U = _u64_view(pb)
@@ -784,40 +784,23 @@ class _FastReader(_Reader):
         bun = []  # [cpu, lost, ev_start, end]
         for s, e in pkts:
             kind.append(self._classify(pb, s, e, bun))
-        nb = len(bun)
-        ev_pos = np.zeros(0, np.int64)
-        ev_bid = np.zeros(0, np.int64)
-        if nb:
-            B = np.array(bun, dtype=np.int64).reshape(nb, 4)
-            bad_b = np.zeros(nb, bool)
-            has = np.flatnonzero(B[:, 2] >= 0)
-            if has.size:
-                ev_pos, ev_bid, run_end, bad_run = self._chains(arr, U, n, B, has)
-                bad_b |= bad_run
-                # phase C: fields after the events
-                for bi in has[run_end[has] < B[has, 3]].tolist():
-                    if not bad_b[bi]:
-                        bad_b[bi] = not self._tail(pb, int(run_end[bi]), int(B[bi, 3]), B, bi)
-            ev = self._events(arr, U, ev_pos, ev_bid, B, bad_b) if ev_pos.size else None
-        # phase F: in packet order
-        first_ev = np.searchsorted(ev_bid, np.arange(nb + 1)) if nb else None
-        for (s, e), bi in zip(pkts, kind):
-            if bi < 0 or bad_b[bi]:
-                self.packet(bytes(pb[s:e]), depth)
-                continue
-            st.packets_read += 1
-            if B[bi, 1]:
-                st.lost_event_flags += 1
-            a, z = int(first_ev[bi]), int(first_ev[bi + 1])
-            if z > a:
-                ev["ord"][a:z] = np.arange(self.next_ord, self.next_ord + (z - a))
-                for j in ev["slow_at"].get(bi, ()):
-                    k, msg = ev["slow"][j]
-                    self._add_typed(int(ev["ord"][k]), int(ev["ts"][k]), int(B[bi, 0]), int(ev["pid"][k]),
-                                    ev["which"][k], msg)
-                self.next_ord += z - a
-        if ev_pos.size:
-            self._hot(arr, ev, B, bad_b)
+        B_all = np.array(bun, dtype=np.int64).reshape(len(bun), 4)
+        # the rest a window of packets at a time, so that per-event temporaries stay small
+        wins = []
+        i = 0
+        while i < len(pkts):
+            lo = pkts[i][0]
+            j = i + 1
+            while j < len(pkts) and pkts[j][1] - lo <= WINDOW_BYTES:
+                j += 1
+            wins.append((i, j))
+            i = j
+        if bun:  # room for at most one event per event tag
+            tag = self.w.b_event_tag
+            upper = sum(int(np.count_nonzero(arr[pkts[i][0] : pkts[j - 1][1]] == tag)) for i, j in wins)
+            self.oc.ensure(self.next_ord + upper)
+        for i, j in wins:
+            self._window(pb, arr, U, pkts[i:j], kind[i:j], B_all, depth)
         if damage is not None:
             pos, cut = damage
             st.truncated = True
@@ -826,6 +809,47 @@ class _FastReader(_Reader):
                 st.warn(f"{where}: cut inside a packet at byte {pos} of {n}; kept the packets before it")
             else:
                 st.warn(f"{where}: undecodable bytes at offset {pos} of {n}; kept the packets before it")
+
+    def _window(self, pb, arr, U, pkts, kind, B_all, depth):
+        st = self.st
+        bis = [k for k in kind if k >= 0]
+        ba = bis[0] if bis else 0
+        nb = len(bis)
+        B = B_all[ba : ba + nb]
+        bad_b = np.zeros(nb, bool)
+        ev = None
+        ev_bid = np.zeros(0, np.int64)
+        has = np.flatnonzero(B[:, 2] >= 0) if nb else np.zeros(0, np.int64)
+        if has.size:
+            ev_pos, ev_bid, run_end, bad_run = self._chains(arr, U, pkts[0][0], pkts[-1][1], B, has)
+            bad_b |= bad_run
+            # phase C: fields after the events
+            for bi in has[run_end[has] < B[has, 3]].tolist():
+                if not bad_b[bi]:
+                    bad_b[bi] = not self._tail(pb, int(run_end[bi]), int(B[bi, 3]), B, bi)
+            if ev_pos.size:
+                ev = self._events(arr, U, ev_pos, ev_bid, B, bad_b)
+            del ev_pos
+        # phase F: in packet order
+        first_ev = np.searchsorted(ev_bid, np.arange(nb + 1))
+        for (s, e), k in zip(pkts, kind):
+            bi = k - ba
+            if k < 0 or bad_b[bi]:
+                self.packet(bytes(pb[s:e]), depth)
+                continue
+            st.packets_read += 1
+            if B[bi, 1]:
+                st.lost_event_flags += 1
+            a, z = int(first_ev[bi]), int(first_ev[bi + 1])
+            if z > a:
+                ev["ord"][a:z] = np.arange(self.next_ord, self.next_ord + (z - a))
+                for jj in ev["slow_at"].get(bi, ()):
+                    kk, msg = ev["slow"][jj]
+                    self._add_typed(int(ev["ord"][kk]), int(ev["ts"][kk]), int(B[bi, 0]), int(ev["pid"][kk]),
+                                    ev["which"][kk], msg)
+                self.next_ord += z - a
+        if ev is not None:
+            self._hot(arr, ev, B, bad_b)
 
     def _add_typed(self, ordinal, ts, cpu, pid, which, msg):
         row = self.b.add_at(ordinal, ts, cpu, pid, which)
@@ -889,12 +913,13 @@ class _FastReader(_Reader):
             return False
         return True
 
-    def _chains(self, arr, U, n, B, has):
+    def _chains(self, arr, U, lo, hi, B, has):
         """Positions of each bundle's run of events (pointer doubling over event-tag candidates)."""
         tag = self.w.b_event_tag
         starts = B[has, 2]
         ends = B[has, 3]
-        cand = np.flatnonzero(arr[:n] == tag)
+        cand = np.flatnonzero(arr[lo:hi] == tag)
+        cand += lo
         j = np.searchsorted(starts, cand, side="right") - 1
         keep = j >= 0
         keep[keep] = cand[keep] < ends[j[keep]]
@@ -942,7 +967,7 @@ class _FastReader(_Reader):
         vals, _, (o_f, o_s, o_e, o_n), bad = _scan(arr, U, s, e, want_v=(w.e_ts, w.e_pid), oneof=w.oneof_nums)
         pid = vals[w.e_pid] & _U(0xFFFFFFFF)
         bad |= (o_n != 1) | (pid >= _U(1 << 31))
-        ev = {"ts": vals[w.e_ts], "pid": pid.astype(np.int64), "f": o_f, "s": o_s, "e": o_e,
+        ev = {"ts": vals[w.e_ts], "pid": pid.astype(np.int32), "f": o_f, "s": o_s, "e": o_e,
               "ord": np.zeros(len(pos), np.int64), "bid": bid, "bad": bad}
         # hot types: decode now so that damage sends the packet to the object path
         is_hot = np.isin(o_f, np.fromiter(w.hot, np.int64, len(w.hot))) & ~bad
@@ -1016,7 +1041,9 @@ class _FastReader(_Reader):
 
     # --- columns of the hot events -----------------------------------------------------------
     def _hot(self, arr, ev, B, bad_b):
+        """Write the busy events' columns into the ordinal-indexed column store."""
         cpu_of_b = B[:, 0]
+        oc = self.oc
         for f, (rows, res) in ev["hot"].items():
             bid = ev["bid"][rows]
             keep = ~bad_b[bid]  # bundles with an odd event went whole to the object path
@@ -1029,48 +1056,112 @@ class _FastReader(_Reader):
             if not rows.size:
                 continue
             name = self.w.hot[f][0]
-            part = {"ord": ev["ord"][rows], "ts": ev["ts"][rows], "pid": ev["pid"][rows],
-                    "cpu": cpu_of_b[bid], "cols": {}}
-            cols = part["cols"]
+            o = ev["ord"][rows]
+            oc.ensure(int(o.max()) + 1)
+            oc.get("ts_ns", np.int64)[o] = ev["ts"][rows].view(np.int64)
+            oc.get("cpu", np.int32)[o] = cpu_of_b[bid]
+            oc.get("pid", np.int32)[o] = ev["pid"][rows]
+            evc = oc.get("event", np.int32)
             m = len(rows)
             if name in ("kmalloc", "kmem_cache_alloc", "kmalloc_node", "kmem_cache_alloc_node",
                         "kfree", "kmem_cache_free"):
-                part["event"] = f"kmem:{name}"
+                evc[o] = oc.event_id(f"kmem:{name}")
                 if "bytes_alloc" in res:
-                    cols["bytes"] = res["bytes_alloc"].view(np.int64)
-                    cols["bytes_req"] = res["bytes_req"].view(np.int64)
-                    cols["gfp"] = res["gfp_flags"]
-                cols["call_site"] = _hex_category(res["call_site"])
-                cols["ptr"] = res["ptr"]
+                    oc.num("bytes", o, res["bytes_alloc"].view(np.int64))
+                    oc.num("bytes_req", o, res["bytes_req"].view(np.int64))
+                    oc.num("gfp", o, res["gfp_flags"])
+                oc.hexcat("call_site", o, res["call_site"])
+                oc.num("ptr", o, res["ptr"])
                 if name.endswith("_node"):
                     d, nd, _ = _deccols(res["node"])
-                    cols["args"] = _strings([b"node=", (d, nd)], m)
+                    oc.text("args", o, _strings([b"node=", (d, nd)], m))
             elif name == "mm_page_alloc" or name == "mm_page_free":
-                part["event"] = f"kmem:{name}"
+                evc[o] = oc.event_id(f"kmem:{name}")
                 if name == "mm_page_alloc":
-                    cols["gfp"] = res["gfp_flags"]
-                cols["order"] = res["order"].astype(np.int64).astype(np.int32)
-                cols["pfn"] = res["pfn"]
+                    oc.num("gfp", o, res["gfp_flags"])
+                oc.num("order", o, res["order"].astype(np.int64).astype(np.int32))
+                oc.num("pfn", o, res["pfn"])
                 h, nh = _hexcols(res["page"])
                 if name == "mm_page_alloc":
                     d, nd, _ = _deccols(res["migratetype"])
-                    cols["args"] = _strings([b"page=0x", (h, nh), b" migratetype=", (d, nd)], m)
+                    oc.text("args", o, _strings([b"page=0x", (h, nh), b" migratetype=", (d, nd)], m))
                 else:
-                    cols["args"] = _strings([b"page=0x", (h, nh)], m)
+                    oc.text("args", o, _strings([b"page=0x", (h, nh)], m))
             elif name == "print":
-                part["event"] = "ftrace:print"
-                cols["marker"] = pc.utf8_rtrim(res["buf"], characters="\n")
+                evc[o] = oc.event_id("ftrace:print")
+                oc.text("marker", o, pc.utf8_rtrim(res["buf"], characters="\n"))
             elif name == "kprobe_event":
                 names = res["name"]
                 uniq = pc.unique(names).to_pylist()
                 codes = pc.index_in(names, pa.array(uniq, names.type)).to_numpy(zero_copy_only=False)
-                evs = [canonical_event(u, kprobe=True, kprobe_groups=self.kprobe_groups)[0] for u in uniq]
-                part["event"] = None
-                part["events"] = (codes.astype(np.int64), evs)
+                ids = np.array([oc.event_id(canonical_event(u, kprobe=True, kprobe_groups=self.kprobe_groups)[0])
+                                for u in uniq], np.int32)
+                evc[o] = ids[codes.astype(np.int64)]
                 tn = sorted(self.w.kprobe_types)
                 tcodes = np.searchsorted(tn, res["type"])
-                cols["args"] = pa.array([f"type={self.w.kprobe_types[t]}" for t in tn], pa.large_string()).take(pa.array(tcodes))
-            self.hot_parts.append(part)
+                oc.text("args", o, pa.array([f"type={self.w.kprobe_types[t]}" for t in tn], pa.large_string()).take(pa.array(tcodes)))
+            oc.rows += m
+
+
+_NP = {"Int64": np.int64, "Int32": np.int32, "UInt64": np.uint64, "UInt32": np.uint32}
+
+
+class _OrdColumns:
+    """Columns indexed by event ordinal, zero-filled (untouched pages cost nothing), grown on demand."""
+
+    def __init__(self):
+        self.cap = 0
+        self.a: dict[str, np.ndarray] = {}
+        self.valid: dict[str, np.ndarray] = {}
+        self.events: dict[str, int] = {}
+        self.hex: dict[str, dict[int, int]] = {}  # category column -> {value: id + 1}
+        self.texts: dict[str, list] = {}  # string column -> [(ordinals, arrow array)]
+        self.rows = 0
+
+    def ensure(self, need: int):
+        if need <= self.cap:
+            return
+        cap = max(need, 2 * self.cap)
+        for d in (self.a, self.valid):
+            for k, v in d.items():
+                nv = np.zeros(cap, v.dtype)
+                nv[: self.cap] = v
+                d[k] = nv
+        self.cap = cap
+
+    def get(self, name, dtype) -> np.ndarray:
+        v = self.a.get(name)
+        if v is None:
+            v = self.a[name] = np.zeros(self.cap, dtype)
+        return v
+
+    def num(self, col, o, values):
+        self.get(col, _NP[COLUMNS[col].dtype])[o] = values.astype(_NP[COLUMNS[col].dtype])
+        va = self.valid.get(col)
+        if va is None:
+            va = self.valid[col] = np.zeros(self.cap, bool)
+        va[o] = True
+
+    def event_id(self, name) -> int:
+        return self.events.setdefault(name, len(self.events))
+
+    def hexcat(self, col, o, values):
+        codes, uniq = pd.factorize(values)
+        ids = self.hex.setdefault(col, {})
+        gid = np.array([ids.setdefault(int(u), len(ids) + 1) for u in uniq.tolist()], np.int32)
+        self.get(col, np.int32)[o] = gid[codes]
+
+    def text(self, col, o, arr):
+        self.texts.setdefault(col, []).append((o, arr))
+
+    def take(self, name, n, perm):
+        """The first n values in time order; the store's array goes."""
+        v = self.a.pop(name)
+        out = v[:n] if perm is None else v[perm]
+        if perm is None:
+            out = out.copy() if v.base is not None or len(v) != n else v
+        del v
+        return out
 
 
 def _is_utf8(b):
@@ -1081,142 +1172,119 @@ def _is_utf8(b):
         return False
 
 
-def _hex_category(v):
-    """uint64 values → (codes into uniques, ['0x..' per unique])"""
-    codes, uniq = pd.factorize(v)
-    return codes.astype(np.int64), [f"0x{int(x):x}" for x in uniq.tolist()]
-
-
 def _finish_fast(self: _FastReader) -> pd.DataFrame:
-    """The event table from the builder's rows (object path) and the hot parts (numpy), by ordinal."""
+    """The event table from the builder's rows (object path) and the column store (numpy), by ordinal."""
     self.typed_columns()
-    if not self.hot_parts:
-        return self.frame()  # no hot rows: builder order is ordinal order
+    oc = self.oc
+    if not oc.rows:
+        return self.frame()  # no busy-type rows: builder order is ordinal order
     b = self.b
-    parts = self.hot_parts
     n = self.next_ord
+    oc.ensure(n)
     bo = np.asarray(b.ords, np.int64)
-    ts = np.empty(n, np.int64)
-    cpu = np.empty(n, np.int32)
-    pid = np.empty(n, np.int32)
-    ts[bo] = np.asarray(b.ts, dtype=np.uint64).astype(np.int64)
-    cpu[bo] = np.asarray(b.cpu, dtype=np.int32)
-    pid[bo] = np.asarray(b.pid, dtype=np.int32)
-    for p in parts:
-        o = p["ord"]
-        ts[o] = p.pop("ts").view(np.int64)
-        cpu[o] = p.pop("cpu")
-        pid[o] = p.pop("pid")
+    oc.get("ts_ns", np.int64)[bo] = np.asarray(b.ts, dtype=np.uint64).astype(np.int64)
+    oc.get("cpu", np.int32)[bo] = np.asarray(b.cpu, dtype=np.int32)
+    oc.get("pid", np.int32)[bo] = np.asarray(b.pid, dtype=np.int32)
+    oc.get("event", np.int32)[bo] = np.fromiter((oc.event_id(e) for e in b.event), np.int32, len(b.event))
+    ts = oc.a["ts_ns"][:n]
     perm = None if n < 2 or bool((ts[1:] >= ts[:-1]).all()) else np.argsort(ts, kind="stable")
-
-    def sort(a):
-        return a if perm is None else a[perm]
-
-    data = {"ts_ns": pd.Series(sort(ts), copy=False)}
     del ts
-    data["cpu"] = pd.Series(pd.arrays.IntegerArray(sort(cpu), np.zeros(n, bool)), copy=False)
-    del cpu
-    pid = sort(pid)
+
+    def valid_of(col):
+        va = oc.valid.pop(col, None)
+        if va is None:
+            return np.zeros(n, bool)
+        return va[:n] if perm is None else va[perm]
+
+    data = {"ts_ns": pd.Series(oc.take("ts_ns", n, perm), copy=False)}
+    data["cpu"] = pd.Series(pd.arrays.IntegerArray(oc.take("cpu", n, perm), np.zeros(n, bool)), copy=False)
+    pid = oc.take("pid", n, perm)
     data["pid"] = pd.Series(pd.arrays.IntegerArray(pid, np.zeros(n, bool)), copy=False)
-    # event
-    names = set(b.event)
-    for p in parts:
-        if p["event"] is not None:
-            names.add(p["event"])
-        else:
-            names.update(p["events"][1])
+    # event: categories sorted, as pd.Categorical makes them
+    names = list(oc.events)
     cats = pd.Categorical(sorted(names)).categories
     at = {c: i for i, c in enumerate(cats)}
-    codes = np.empty(n, np.int32)
-    codes[bo] = np.fromiter((at[e] for e in b.event), np.int32, len(b.event))
-    for p in parts:
-        if p["event"] is not None:
-            codes[p["ord"]] = at[p["event"]]
-        else:
-            pc_, evs = p["events"]
-            codes[p["ord"]] = np.array([at[e] for e in evs], np.int32)[pc_]
-    data["event"] = pd.Series(pd.Categorical.from_codes(sort(codes), categories=cats), copy=False)
-    del codes
+    remap = np.array([at[x] for x in names], np.int32)
+    data["event"] = pd.Series(pd.Categorical.from_codes(remap[oc.take("event", n, perm)], categories=cats), copy=False)
     # comm, as the object path names threads
     tnames = {**self.proc_names, **self.names}
     if tnames:
-        uniq, inv = np.unique(pid.astype(np.int64), return_inverse=True)
+        inv, uniq = pd.factorize(pid)
         cn = [tnames.get(int(x)) for x in uniq]
         cat_index = {c: i for i, c in enumerate(sorted({c for c in cn if c is not None}))}
         codes_u = np.array([cat_index[c] if c is not None else -1 for c in cn], dtype=np.int32)
-        data["comm"] = pd.Series(pd.Categorical.from_codes(codes_u[inv], categories=list(cat_index)), copy=False)
+        comm = codes_u[inv]
+        del inv
+        data["comm"] = pd.Series(pd.Categorical.from_codes(comm, categories=list(cat_index)), copy=False)
+        del comm
+    del pid
     # the other columns
-    present = list(b.cols)
-    for p in parts:
-        present += [c for c in p["cols"] if c not in present]
+    present = list(b.cols) + [c for c in (*oc.a, *oc.texts) if c not in b.cols and c in COLUMNS
+                              and c not in ("ts_ns", "cpu", "pid", "event")]
     for col in present:
         c = COLUMNS[col]
         d = b.cols.pop(col, {})
         rows = bo[np.fromiter(d.keys(), dtype=np.int64, count=len(d))]
-        if c.dtype in ("Int64", "Int32", "UInt64", "UInt32"):
-            npdt = {"Int64": np.int64, "Int32": np.int32, "UInt64": np.uint64, "UInt32": np.uint32}[c.dtype]
-            vals = np.zeros(n, dtype=npdt)
-            mask = np.ones(n, dtype=bool)
+        if c.dtype in _NP:
+            npdt = _NP[c.dtype]
             if d:
                 if npdt in (np.uint64, np.uint32):
                     v = np.fromiter(((x & ((1 << 64) - 1)) for x in d.values()), dtype=np.uint64, count=len(d))
                 else:
                     v = np.fromiter(d.values(), dtype=np.int64, count=len(d))
-                vals[rows] = v.astype(npdt)
-                mask[rows] = False
-            for p in parts:
-                v = p["cols"].pop(col, None)
-                if v is not None:
-                    vals[p["ord"]] = v.astype(npdt)
-                    mask[p["ord"]] = False
-            data[col] = pd.Series(pd.arrays.IntegerArray(sort(vals), sort(mask)), copy=False)
+                oc.num(col, rows, v.astype(npdt))
+            vals = oc.take(col, n, perm) if col in oc.a else np.zeros(n, npdt)
+            data[col] = pd.Series(pd.arrays.IntegerArray(vals, ~valid_of(col)), copy=False)
         elif c.dtype == "boolean":
             vals = np.zeros(n, dtype=bool)
             mask = np.ones(n, dtype=bool)
             vals[rows] = np.fromiter(d.values(), dtype=bool, count=len(d))
             mask[rows] = False
-            data[col] = pd.Series(pd.arrays.BooleanArray(sort(vals), sort(mask)), copy=False)
+            if perm is not None:
+                vals, mask = vals[perm], mask[perm]
+            data[col] = pd.Series(pd.arrays.BooleanArray(vals, mask), copy=False)
         elif c.dtype == "category":
             strs = list(d.values())
-            allv = set(strs)
-            pv = []
-            for p in parts:
-                v = p["cols"].pop(col, None)
-                if v is not None:
-                    pv.append((p["ord"], v))
-                    allv.update(v[1])
+            ids = oc.hex.pop(col, {})
+            id_str = [""] * (len(ids) + 1)
+            for val, i in ids.items():
+                id_str[i] = f"0x{val:x}"
+            allv = set(strs) | set(id_str[1:])
             cats = pd.Series(np.array(sorted(allv), dtype=object)).astype("category").cat.categories
             at = {x: i for i, x in enumerate(cats)}
-            codes = np.full(n, -1, np.int32)
+            table = np.array([-1] + [at[x] for x in id_str[1:]], np.int32)
+            codes = table[oc.take(col, n, None)] if col in oc.a else np.full(n, -1, np.int32)
             codes[rows] = np.fromiter((at[x] for x in strs), np.int32, len(strs))
-            for o, (pc_, u) in pv:
-                codes[o] = np.array([at[x] for x in u], np.int32)[pc_]
-            data[col] = pd.Series(pd.Categorical.from_codes(sort(codes), categories=cats), copy=False)
+            if perm is not None:
+                codes = codes[perm]
+            data[col] = pd.Series(pd.Categorical.from_codes(codes, categories=cats), copy=False)
+            del codes
         else:  # string
             srcs = [pa.array(list(d.values()), pa.large_string())]
             idx = np.full(n, -1, np.int64)
             idx[rows] = np.arange(len(d))
             off = len(d)
-            for p in parts:
-                v = p["cols"].pop(col, None)
-                if v is not None:
-                    idx[p["ord"]] = off + np.arange(len(v))
-                    off += len(v)
-                    srcs.append(v.cast(pa.large_string()))
-            idx = sort(idx)
+            for o, v in oc.texts.pop(col, ()):
+                idx[o] = off + np.arange(len(v))
+                off += len(v)
+                srcs.append(v.cast(pa.large_string()))
+            if perm is not None:
+                idx = idx[perm]
             src = pa.concat_arrays(srcs)
             del srcs
             col_arr = src.take(pa.array(idx, mask=idx < 0))
             del src, idx
             data[col] = pd.Series(pd.arrays.ArrowStringArray(pa.chunked_array([col_arr])), copy=False)
-    self.hot_parts = []
+    self.oc = _OrdColumns()
     cols = {}
     for c in EVENT_COLUMNS:
         s = data.pop(c.name, None)
         if s is None:
             s = _null_column(c, n)
         cols[c.name] = s
-    return derive(pd.DataFrame(cols, copy=False))
+    df = pd.DataFrame(cols, copy=False)
+    del cols, data  # derive replaces columns: the old arrays go now
+    return derive(df)
 
 
 def _null_column(c, n):
@@ -1239,6 +1307,8 @@ def _parse_fast(pb, n: int, path: str, kprobe_groups) -> tuple[pd.DataFrame, Ing
     if n == 0:
         raise InputError(f"{path}: empty file")
     r = _FastReader(st, kprobe_groups)
+    if isinstance(pb, list):  # [buffer]: ours to drop once decoded
+        pb = pb.pop()
     r.segment(pb, n, path)
     del pb
     if st.packets_read == 0:
@@ -1290,7 +1360,9 @@ def load_perfetto(path: str, *, kprobe_groups=None) -> tuple[pd.DataFrame, Inges
         raise InputError(f"{path}: cannot read: {e.strerror or e}") from None
     if n == 0:
         raise InputError(f"{path}: empty file")
-    return _parse_fast(pb, n, path, kprobe_groups)
+    held = [pb]
+    del pb
+    return _parse_fast(held, n, path, kprobe_groups)
 
 
 def events_to_trace(df: pd.DataFrame, *, bundle_size: int = 1000, compress: bool = False) -> bytes:
