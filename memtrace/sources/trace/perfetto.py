@@ -125,9 +125,12 @@ def _kv_str(k, v):
     return f"{k}={v}"
 
 
+_COLS_FOR: dict[str, dict[str, str]] = {}  # columns_for, per event name
+
+
 def _route(b: _Builder, row: int, event: str, known: bool, fields: list[tuple[str, object]]):
     """Put named field values into columns, the rest into args."""
-    mapping = columns_for(event) if known else {}
+    mapping = (_COLS_FOR.get(event) or _COLS_FOR.setdefault(event, columns_for(event))) if known else {}
     rest = []
     used = set()
     for k, v in fields:
@@ -458,7 +461,8 @@ class _Wire:
         self.e_ts = fe.fields_by_name["timestamp"].number
         self.e_pid = fe.fields_by_name["pid"].number
         self.oneof = {f.number: f.name for f in fe.oneofs_by_name["event"].fields}
-        self.oneof_nums = np.array(sorted(self.oneof), np.int64)
+        self.oneof_nums = np.zeros(max(self.oneof) + 1, bool)  # field number -> in the oneof
+        self.oneof_nums[list(self.oneof)] = True
         self.classes = {}
         proto = pb2.FtraceEvent()
         for num, name in self.oneof.items():
@@ -545,8 +549,8 @@ def _scan(arr, U, s, e, want_v=(), want_l=(), oneof=None):
     """Read messages [s, e) field by field, all at once.
 
     want_v: varint field numbers (last occurrence wins, default 0); want_l: length-delimited field
-    numbers (span of the last occurrence, and a count); oneof: sorted field numbers whose
-    length-delimited occurrences are recorded as (field, start, end, count).
+    numbers (span of the last occurrence, and a count); oneof: a bool table by field number of the
+    fields whose length-delimited occurrences are recorded as (field, start, end, count).
     Returns (values dict, spans dict, oneof tuple, bad mask)."""
     m = len(s)
     bad = np.zeros(m, bool)
@@ -605,8 +609,7 @@ def _scan(arr, U, s, e, want_v=(), want_l=(), oneof=None):
             if sel.any():
                 idx = np.flatnonzero(sel)
                 fi = field[idx]
-                j = np.searchsorted(oneof, fi)
-                hit = (j < len(oneof)) & (oneof[np.minimum(j, len(oneof) - 1)] == fi)
+                hit = oneof[np.minimum(fi, len(oneof) - 1)] & (fi < len(oneof))
                 idx = idx[hit]
                 r = act[idx]
                 o_f[r] = field[idx]
@@ -946,7 +949,10 @@ class _FastReader(_Reader):
                 break
             reached.append(new)
             J = J[J]
-        nodes = np.sort(np.concatenate(reached))
+        on = np.zeros(K + 1, bool)
+        for r_ in reached:
+            on[r_] = True
+        nodes = np.flatnonzero(on[:K])  # in position order
         bid_local = j[nodes]
         # last node of each bundle's run
         last = np.full(len(has), -1, np.int64)
