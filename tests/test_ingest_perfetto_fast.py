@@ -186,3 +186,15 @@ def test_full_lab_capture_same_as_object_path():
     out = assert_same(raw)
     assert len(out) == len(df)
     assert_same(raw[: len(raw) // 2])
+
+
+def test_small_windows_same_as_object_path(excerpt, monkeypatch):
+    """Many decode windows (and column stores grown across compressed segments) change nothing."""
+    import memtrace.sources.trace.perfetto as pf
+
+    monkeypatch.setattr(pf, "WINDOW_BYTES", 300)
+    plain = events_to_trace(excerpt, bundle_size=5)
+    packed = events_to_trace(excerpt, bundle_size=9, compress=True)
+    assert_same(plain)
+    assert_same(plain + packed + plain[:-7])
+    assert_same(_odd_trace())
