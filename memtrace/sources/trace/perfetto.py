@@ -1036,8 +1036,7 @@ class _FastReader(_Reader):
             strs = _span_strings(arr, a, z)
             try:
                 strs = strs.cast(pa.large_string())
-            except pa.ArrowInvalid:
-                valid = np.array([x is not None for x in pc.utf8_is_lower(strs).to_pylist()]) if False else None
+            except pa.ArrowInvalid:  # not UTF-8: those events go to the object path
                 ok = np.array([_is_utf8(x) for x in strs.to_pylist()], bool)
                 bad |= ~ok
                 strs = pa.array([x.decode() if o else "" for x, o in zip(strs.to_pylist(), ok)], pa.large_string())
