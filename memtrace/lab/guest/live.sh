@@ -10,6 +10,10 @@
 #   live.snapshot        its -o snapshot file
 #   live-nonroot.err     stderr of the same command run as uid/gid 65534
 #   live-snapshot.txt    rc=, nonroot_rc=, and /proc/uptime stamps around each run
+# A scenario may leave a background job changing the kernel during the walk (e.g.
+# tests/scenarios/live_churn.sh): it should stop once /tmp/live-snapshot.done exists and
+# hold /tmp/live-background.running while it runs; live.sh creates the first after the
+# root run and waits (at most 60 s) for the second to go, so /out is complete when written.
 . /memtrace/live.env
 
 mt_live_py() {
@@ -48,6 +52,12 @@ mt_live_snapshot() {
 	echo "end=$(cut -d' ' -f1 /proc/uptime)" >> "$_txt"
 	echo "rc=$_rc" >> "$_txt"
 	echo "MEMTRACE-LIVE snapshot --live rc=$_rc" > /dev/console
+	: > /tmp/live-snapshot.done
+	_n=0
+	while [ -e /tmp/live-background.running ] && [ "$_n" -lt 300 ]; do
+		sleep 0.2
+		_n=$((_n + 1))
+	done
 	# the same command without root: must fail with one line and the documented status
 	mt_live_py -c 'import os, sys
 os.setgroups([]); os.setgid(65534); os.setuid(65534)
