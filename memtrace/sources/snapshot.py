@@ -155,6 +155,13 @@ def take_snapshot(prog, target: dict, progress: Progress | None = None) -> Snaps
 
     say = progress or (lambda stage, done, total: None)
     t0 = time.time()
+    # live and qmp targets run on under the walk: memory freed meanwhile reads as garbage
+    # (sizes, counts, pointers), which fails in more ways than a drgn fault; a vmcore
+    # holds still, so there anything but a fault is a bug and is raised
+    volatile = target["kind"] != "vmcore"
+    read_errors: tuple = (drgn.FaultError,)
+    if volatile:
+        read_errors += (ValueError, OverflowError, MemoryError, IndexError, LookupError)
     faults = 0
     notes: list[str] = []
     page_size = prog["PAGE_SIZE"].value_()
@@ -200,9 +207,9 @@ def take_snapshot(prog, target: dict, progress: Progress | None = None) -> Snaps
                     "bpf_maps_owned": 0,
                 }
                 memcg_objs[addr] = m
-            except drgn.FaultError:
+            except read_errors:
                 faults += 1
-    except drgn.FaultError:
+    except read_errors:
         faults += 1
         notes.append("the memcg tree walk faulted; memcgs may be missing")
 
@@ -212,7 +219,7 @@ def take_snapshot(prog, target: dict, progress: Progress | None = None) -> Snaps
         if objcg not in objcg_memcg_cache:
             try:
                 objcg_memcg_cache[objcg] = kmemcg.cast_objcg(prog, objcg).memcg.value_()
-            except drgn.FaultError:
+            except read_errors:
                 objcg_memcg_cache[objcg] = 0
         return objcg_memcg_cache[objcg]
 
@@ -224,45 +231,56 @@ def take_snapshot(prog, target: dict, progress: Progress | None = None) -> Snaps
             return row["cgroup_id"]
         try:
             return kmemcg.memcg_cgroup_id(Object(prog, "struct mem_cgroup *", memcg))
-        except drgn.FaultError:
+        except read_errors:
             return None
 
-    for s in kmemcg.memcg_stock_for_each(prog):
-        if s.cached_memcg in memcg_rows:
-            memcg_rows[s.cached_memcg]["stock_bytes"] += s.nr_pages * page_size
-        if s.cached_objcg:
-            mc = objcg_to_memcg(s.cached_objcg)
-            if mc in memcg_rows:
-                memcg_rows[mc]["obj_stock_bytes"] += s.nr_bytes
+    try:
+        for s in kmemcg.memcg_stock_for_each(prog):
+            if s.cached_memcg in memcg_rows:
+                memcg_rows[s.cached_memcg]["stock_bytes"] += s.nr_pages * page_size
+            if s.cached_objcg:
+                mc = objcg_to_memcg(s.cached_objcg)
+                if mc in memcg_rows:
+                    memcg_rows[mc]["obj_stock_bytes"] += s.nr_bytes
+    except read_errors:
+        faults += 1
+        notes.append("reading the per-CPU charge stocks faulted; stock bytes may be missing")
 
     # maps
     say("pins", 0, 0)
     try:
         pins = kbpf.bpf_map_pins(prog)
-    except drgn.FaultError:
+    except read_errors:
         faults += 1
         pins = {}
         notes.append("reading bpffs pins faulted; pins may be missing")
     maps = []
     try:
-        maps = list(kbpf.bpf_maps(prog))
-    except drgn.FaultError:
+        for m in kbpf.bpf_maps(prog):  # keep what was listed before a fault
+            maps.append(m)
+    except read_errors:
         faults += 1
         notes.append("walking map_idr faulted; maps may be missing")
     walker = kbpf.MapMemoryWalker(prog)
     batches = []
     map_rows = []
+    vanished = 0
     for i, m in enumerate(maps):
         say("maps", i, len(maps))
+        addr = m.value_()  # the pointer map_idr gave; reading through it may not work by now
         complete = True
+        map_faults = 0  # counted once the map is known to be still there
+        mid = None
+        row = None
+        map_batches: list = []
+        before = walker.stats.truncated_chains
+        notes_before = len(walker.stats.notes)
         try:
             mid = m.id.value_()
-            before = walker.stats.truncated_chains
             try:
-                b = walker.walk(m)
-                batches += b
-            except drgn.FaultError:
-                faults += 1
+                map_batches = walker.walk(m)
+            except read_errors:
+                map_faults += 1
                 complete = False
             if walker.stats.truncated_chains != before:
                 complete = False
@@ -275,17 +293,16 @@ def take_snapshot(prog, target: dict, progress: Progress | None = None) -> Snaps
                 "key_size": m.key_size.value_(),
                 "value_size": m.value_size.value_(),
                 "max_entries": m.max_entries.value_(),
-                "pins": ";".join(pins.get(m.value_(), [])),
-                "map_address": m.value_(),
+                "pins": ";".join(pins.get(addr, [])),
+                "map_address": addr,
                 "owner_kind": kind,
                 "owner_objcg": _nullable(owner) if kind == "objcg" else None,
-                "complete": complete,
             }
             try:
                 row["mem_usage_bytes"] = kbpf.bpf_map_mem_usage(m)
                 row["memlock_bytes"] = kbpf.bpf_map_memlock(m)
-            except drgn.FaultError:
-                faults += 1
+            except read_errors:
+                map_faults += 1
                 row["mem_usage_bytes"] = row["memlock_bytes"] = None
             # owner memcg and its state
             state, owner_memcg, orig_memcg = "none", 0, 0
@@ -295,14 +312,14 @@ def take_snapshot(prog, target: dict, progress: Progress | None = None) -> Snaps
                     owner_memcg = oc.memcg.value_()
                     if kmemcg.objcg_is_reparented(oc):
                         state = "reparented"
-                        for addr, r in memcg_rows.items():
+                        for maddr, r in memcg_rows.items():
                             if r["orig_objcg"] == owner:
-                                orig_memcg = addr
+                                orig_memcg = maddr
                                 break
                     else:
                         orig_memcg = owner_memcg
-                except drgn.FaultError:
-                    faults += 1
+                except read_errors:
+                    map_faults += 1
                     complete = False
             elif kind == "memcg" and owner:
                 owner_memcg = orig_memcg = owner
@@ -314,20 +331,40 @@ def take_snapshot(prog, target: dict, progress: Progress | None = None) -> Snaps
                     state = "ghost"
                 else:
                     state = "online"
-            if owner_memcg in memcg_rows:
-                memcg_rows[owner_memcg]["bpf_maps_owned"] += 1
-            row.update(
-                owner_cgroup_id=memcg_id(owner_memcg),
-                owner_path=memcg_rows[owner_memcg]["path"] if owner_memcg in memcg_rows else None,
-                owner_state=state,
-                original_cgroup_id=memcg_id(orig_memcg),
-                original_path=memcg_rows[orig_memcg]["path"] if orig_memcg in memcg_rows else None,
-                complete=complete,
-            )
-            map_rows.append(row)
-        except drgn.FaultError:
+        except read_errors:
+            row = None
+        # A map freed under the walk (it left map_idr) was read as garbage, or as whatever
+        # reused its memory: leave it out, and count it, whatever the reads gave.
+        if volatile and mid is not None:
+            try:
+                listed = kbpf.bpf_map_listed(prog, mid, addr)
+            except read_errors:
+                map_faults += 1
+                listed, complete = True, False
+            if not listed:
+                # its garbage reads are no cut chains or unknown areas: it is just gone
+                walker.stats.truncated_chains = before
+                del walker.stats.notes[notes_before:]
+                vanished += 1
+                notes.append(f"a map at {addr:#x} (read as id {mid}) was freed during the walk; left out")
+                continue
+        faults += map_faults
+        if row is None:
             faults += 1
-            notes.append(f"map at {m.value_():#x} could not be read")
+            notes.append(f"map at {addr:#x} could not be read")
+            continue
+        batches += map_batches
+        if owner_memcg in memcg_rows:
+            memcg_rows[owner_memcg]["bpf_maps_owned"] += 1
+        row.update(
+            owner_cgroup_id=memcg_id(owner_memcg),
+            owner_path=memcg_rows[owner_memcg]["path"] if owner_memcg in memcg_rows else None,
+            owner_state=state,
+            original_cgroup_id=memcg_id(orig_memcg),
+            original_path=memcg_rows[orig_memcg]["path"] if orig_memcg in memcg_rows else None,
+            complete=complete,
+        )
+        map_rows.append(row)
     say("maps", len(maps), len(maps))
 
     # allocations table
@@ -398,7 +435,9 @@ def take_snapshot(prog, target: dict, progress: Progress | None = None) -> Snaps
 
     maps_df = frame("maps", map_rows)
     memcgs_df = frame("memcgs", list(memcg_rows.values()))
-    faults += walker.stats.faults
+    # faults counts every reason the snapshot is incomplete: reads that failed, chains cut
+    # short, maps freed under the walk (so exit 5 comes with a nonzero count, always)
+    faults += walker.stats.faults + walker.stats.truncated_chains + vanished
     notes += walker.stats.notes
     if walker.stats.truncated_chains:
         notes.append(f"{walker.stats.truncated_chains} list/chain walks were cut (loop or live change)")

@@ -558,3 +558,16 @@ def bpf_map_pins(prog: Program) -> dict[int, list[str]]:
 def bpf_maps(prog: Program) -> Iterator[Object]:
     """Every ``struct bpf_map *`` in ``map_idr`` (drgn's ``bpf_map_for_each``)."""
     return bpf_map_for_each(prog)
+
+
+def bpf_map_listed(prog: Program, map_id: int, addr: int) -> bool:
+    """Whether ``map_idr`` still maps ``map_id`` to the map at ``addr``.
+
+    On a running kernel a map can be freed between listing it and reading it: the last
+    ``bpf_map_put`` removes its id (``bpf_map_free_id``) before the deferred free, so a
+    map still listed after its walk was not freed during it, and what was read of it
+    belongs to it (a freed map's memory may hold garbage, or another object, by then).
+    """
+    from drgn.helpers.linux.idr import idr_find
+
+    return idr_find(prog["map_idr"].address_of_(), map_id).value_() == addr
