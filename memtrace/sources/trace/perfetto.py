@@ -27,6 +27,12 @@ from memtrace.sources.trace.ftrace_text import NUMERIC_BASE, canonical_event, co
 from memtrace.tables.events import COLUMNS, EVENT_COLUMNS, IngestStats, coerce_events
 
 _TYPED_ALLOC = {"kmalloc", "kmem_cache_alloc", "kmalloc_node", "kmem_cache_alloc_node"}
+_I31 = 1 << 31  # pid, cpu, order: Int32 columns
+_I63 = 1 << 63  # ts_ns and the Int64 size columns
+_M64 = (1 << 64) - 1
+#: [lo, hi) of the integer columns a value must fit; UInt64 columns take any value mod 2^64
+_RANGE = {"Int64": (-_I63, _I63), "Int32": (-_I31, _I31), "UInt32": (0, 1 << 32)}
+_MOD64_COLS = {"ptr", "gfp", "pfn", "cgroup_id"}
 _TYPED_FREE = {"kfree", "kmem_cache_free"}
 _HEX_STR_COLS = {"call_site"}
 
@@ -91,12 +97,45 @@ def iter_packet_bytes(data, st: IngestStats, where: str):
 class _Builder:
     """Column arrays filled by row index."""
 
+    _ROW_LISTS = ("ts", "cpu", "pid", "event")
+
     def __init__(self):
         self.ts: list[int] = []
         self.cpu: list[int] = []
         self.pid: list[int] = []
         self.event: list[str] = []
         self.cols: dict[str, dict[int, object]] = {}
+        #: rows found malformed after they were added (a field that does not fit its column)
+        self.dropped: set[int] = set()
+        #: text fields that were not UTF-8 (decoded with replacement characters)
+        self.bad_text = 0
+
+    def text(self, v):
+        """A string field's value as str: upb hands back bytes when they are not UTF-8."""
+        if isinstance(v, bytes):
+            try:
+                return v.decode("utf-8")
+            except UnicodeDecodeError:
+                self.bad_text += 1
+                return v.decode("utf-8", "replace")
+        return v
+
+    def drop(self, row):
+        self.dropped.add(row)
+
+    def compact(self) -> int:
+        """Remove the dropped rows, renumbering the rest in order; how many went."""
+        k = len(self.dropped)
+        if not k:
+            return 0
+        keep = np.ones(len(self.ts), bool)
+        keep[np.fromiter(self.dropped, np.int64, k)] = False
+        new = np.cumsum(keep) - 1
+        for name in self._ROW_LISTS:
+            setattr(self, name, [x for x, kp in zip(getattr(self, name), keep.tolist()) if kp])
+        self.cols = {c: {int(new[r]): v for r, v in d.items() if keep[r]} for c, d in self.cols.items()}
+        self.dropped = set()
+        return k
 
     def add(self, ts, cpu, pid, event) -> int:
         self.ts.append(ts)
@@ -119,17 +158,16 @@ def _field_value(f):
     return getattr(f, w) if w else None
 
 
-def _kv_str(k, v):
-    if isinstance(v, bytes):
-        v = v.decode("utf-8", "replace")
-    return f"{k}={v}"
+def _kv_str(b, k, v):
+    return f"{k}={b.text(v)}"
 
 
 _COLS_FOR: dict[str, dict[str, str]] = {}  # columns_for, per event name
 
 
 def _route(b: _Builder, row: int, event: str, known: bool, fields: list[tuple[str, object]]):
-    """Put named field values into columns, the rest into args."""
+    """Put named field values into columns, the rest into args. A number that does not fit its
+    column (UInt64 columns take any value mod 2^64) makes the row malformed: `b.drop(row)`."""
     mapping = (_COLS_FOR.get(event) or _COLS_FOR.setdefault(event, columns_for(event))) if known else {}
     rest = []
     used = set()
@@ -138,27 +176,37 @@ def _route(b: _Builder, row: int, event: str, known: bool, fields: list[tuple[st
         if col and col not in used and v is not None:
             if col in NUMERIC_BASE:
                 if isinstance(v, (bytes, str)):
-                    s = v.decode() if isinstance(v, bytes) else v
+                    s = b.text(v)
                     try:
                         v = int(s, 16) if (col == "ptr" or s.lower().startswith("0x")) else int(s)
                     except ValueError:
-                        rest.append(_kv_str(k, s))
+                        rest.append(_kv_str(b, k, s))
                         continue
-                v = int(v)
-                if col == "ptr" or col == "gfp" or col == "pfn" or col == "cgroup_id":
-                    v &= (1 << 64) - 1
+                try:
+                    v = int(v)
+                except (TypeError, ValueError):  # not a number (a repeated or message field)
+                    rest.append(_kv_str(b, k, v))
+                    continue
+                if col in _MOD64_COLS:
+                    v &= _M64
+                else:
+                    lo, hi = _RANGE[COLUMNS[col].dtype]
+                    if not lo <= v < hi:
+                        b.drop(row)
+                        return
                 b.set(col, row, v)
             elif col == "accounted":
+                v = b.text(v)
                 b.set(col, row, bool(v) if not isinstance(v, str) else v.lower() in ("1", "true"))
             elif col in _HEX_STR_COLS and isinstance(v, int):
-                b.set(col, row, f"0x{v & ((1 << 64) - 1):x}")
+                b.set(col, row, f"0x{v & _M64:x}")
             elif col == "gfp_flags" and isinstance(v, int):
-                b.set("gfp", row, v & ((1 << 64) - 1))
+                b.set("gfp", row, v & _M64)
             else:
-                b.set(col, row, v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v))
+                b.set(col, row, b.text(v) if isinstance(v, bytes) else str(v))
             used.add(col)
         else:
-            rest.append(_kv_str(k, v))
+            rest.append(_kv_str(b, k, v))
     if rest:
         b.set("args", row, " ".join(rest))
 
@@ -177,6 +225,12 @@ class _Reader:
         self.stats_end: dict[int, tuple[int, int, int]] = {}
         self.typed: dict[str, tuple[list[int], list]] = {}  # oneof name -> (rows, messages)
         self.fe_fields = pb2.FtraceEvent.DESCRIPTOR.fields_by_name
+        #: events dropped as malformed because a number does not fit its column
+        self.out_of_range = 0
+
+    def _out_of_range(self):
+        self.st.malformed += 1
+        self.out_of_range += 1
 
     def packet(self, raw: bytes, depth: int = 0):
         pb2 = self.pb2
@@ -200,12 +254,13 @@ class _Reader:
         if which == "ftrace_events":
             self.bundle(pkt.ftrace_events)
         elif which == "process_tree":
+            text = self.b.text
             for t in pkt.process_tree.threads:
                 if t.name:
-                    self.names[t.tid] = t.name
+                    self.names[t.tid] = text(t.name)
             for p in pkt.process_tree.processes:
                 if p.cmdline:
-                    name = p.cmdline[0]
+                    name = text(p.cmdline[0])
                     if not p.cmdline_is_comm:
                         name = name.rsplit("/", 1)[-1]
                     self.proc_names[p.pid] = name
@@ -226,7 +281,7 @@ class _Reader:
         if bundle.lost_events:
             st.lost_event_flags += 1
         for d in bundle.generic_event_descriptors:
-            self.dense[d.field_id] = (d.group_name, d.event_descriptor)
+            self.dense[d.field_id] = (self.b.text(d.group_name), d.event_descriptor)
         if bundle.HasField("compact_sched"):
             cs = bundle.compact_sched
             k = len(cs.switch_timestamp) + len(cs.waking_timestamp)
@@ -234,12 +289,18 @@ class _Reader:
                 st.warn(f"{st.path}: {k} compact sched events (sched_switch/sched_waking) not read")
         typed = self.typed
         add = b.add
+        cpu_bad = cpu >= _I31
         for ev in bundle.event:
             which = ev.WhichOneof("event")
             if which is None:
                 self._dense_event(ev, cpu)
                 continue
-            row = add(ev.timestamp, cpu, ev.pid, which)
+            ts = ev.timestamp
+            pid = ev.pid
+            if pid >= _I31 or ts >= _I63 or cpu_bad:  # cannot be put in the Int32 / int64 columns
+                self._out_of_range()
+                continue
+            row = add(ts, cpu, pid, which)
             lst = typed.get(which)
             if lst is None:
                 lst = typed[which] = ([], [])
@@ -254,12 +315,17 @@ class _Reader:
             if uf.wire_type != 2 or uf.field_number not in self.dense:
                 continue
             group, desc = self.dense[uf.field_number]
-            cls = self._dense_class(uf.field_number, desc)
-            msg = cls()
             try:
+                cls = self._dense_class(uf.field_number, desc)
+                msg = cls()
                 msg.ParseFromString(uf.data)
-            except Exception:
+            except MemoryError:
+                raise
+            except Exception:  # DecodeError; a descriptor the pool will not build
                 st.malformed += 1
+                return
+            if ev.pid >= _I31 or ev.timestamp >= _I63 or cpu >= _I31:
+                self._out_of_range()
                 return
             name = cls.DESCRIPTOR.name
             event, known = (f"{group}:{name}", True) if group else canonical_event(name)
@@ -292,18 +358,41 @@ class _Reader:
     # --- per-type column extraction --------------------------------------------------------
     def finish(self) -> pd.DataFrame:
         self.typed_columns()
+        self._compact()
         return self.frame()
+
+    def _compact(self):
+        """Rows dropped while their columns were made: malformed."""
+        k = self.b.compact()
+        self.st.malformed += k
+        self.out_of_range += k
+
+    def report(self, path: str):
+        """Warnings for what was dropped or decoded lossily (same in both paths)."""
+        st = self.st
+        if self.out_of_range:
+            st.warn(f"{path}: {self.out_of_range} event(s) dropped as malformed: a number does not fit its column "
+                    "(pid or cpu >= 2^31, timestamp or size >= 2^63, order >= 2^31, ...)")
+        if self.b.bad_text:
+            st.warn(f"{path}: {self.b.bad_text} text field(s) not UTF-8; decoded with replacement characters")
 
     def typed_columns(self):
         """Columns of the typed events collected in `self.typed`, into the builder."""
         b = self.b
         st = self.st
         unknown = st.unknown_event_names
+        text = b.text
         for which, (rows, msgs) in self.typed.items():
             if which in _TYPED_ALLOC:
                 ev = f"kmem:{which}"
-                b.set_many("bytes", rows, [m.bytes_alloc for m in msgs])
-                b.set_many("bytes_req", rows, [m.bytes_req for m in msgs])
+                ba = [m.bytes_alloc for m in msgs]
+                br = [m.bytes_req for m in msgs]
+                if max(ba) >= _I63 or max(br) >= _I63:  # uint64 sizes the Int64 columns cannot hold
+                    for r, x, y in zip(rows, ba, br):
+                        if x >= _I63 or y >= _I63:
+                            b.drop(r)
+                b.set_many("bytes", rows, ba)
+                b.set_many("bytes_req", rows, br)
                 b.set_many("call_site", rows, [f"0x{m.call_site:x}" for m in msgs])
                 b.set_many("gfp", rows, [m.gfp_flags for m in msgs])
                 b.set_many("ptr", rows, [m.ptr for m in msgs])
@@ -316,31 +405,32 @@ class _Reader:
             elif which == "mm_page_alloc":
                 ev = "kmem:mm_page_alloc"
                 b.set_many("gfp", rows, [m.gfp_flags for m in msgs])
-                b.set_many("order", rows, [m.order for m in msgs])
+                self._orders(rows, msgs)
                 b.set_many("pfn", rows, [m.pfn for m in msgs])
                 b.set_many("args", rows, [f"page=0x{m.page:x} migratetype={m.migratetype}" for m in msgs])
             elif which == "mm_page_free":
                 ev = "kmem:mm_page_free"
-                b.set_many("order", rows, [m.order for m in msgs])
+                self._orders(rows, msgs)
                 b.set_many("pfn", rows, [m.pfn for m in msgs])
                 b.set_many("args", rows, [f"page=0x{m.page:x}" for m in msgs])
             elif which == "print":
                 ev = "ftrace:print"
-                b.set_many("marker", rows, [m.buf.rstrip("\n") for m in msgs])
+                b.set_many("marker", rows, [(x if type(x) is str else text(x)).rstrip("\n") for x in (m.buf for m in msgs)])
             elif which == "kprobe_event":
                 type_name = self.pb2.KprobeEvent.KprobeType.Name
                 for r, m in zip(rows, msgs):
-                    e, _ = canonical_event(m.name, kprobe=True, kprobe_groups=self.kprobe_groups)
+                    e, _ = canonical_event(text(m.name), kprobe=True, kprobe_groups=self.kprobe_groups)
                     b.event[r] = e
                     b.set("args", r, f"type={type_name(m.type)}")
                 continue
             elif which == "generic":
                 for r, m in zip(rows, msgs):
-                    e, known = canonical_event(m.event_name, kprobe_groups=self.kprobe_groups)
+                    en = text(m.event_name)
+                    e, known = canonical_event(en, kprobe_groups=self.kprobe_groups)
                     b.event[r] = e
                     if not known:
-                        unknown[m.event_name] = unknown.get(m.event_name, 0) + 1
-                    _route(b, r, e, True, [(f.name, _field_value(f)) for f in m.field])
+                        unknown[en] = unknown.get(en, 0) + 1
+                    _route(b, r, e, True, [(text(f.name), _field_value(f)) for f in m.field])
                 continue
             else:
                 ev, known = canonical_event(which)
@@ -359,14 +449,24 @@ class _Reader:
                     b.event[r] = ev
                 if which == "task_newtask":
                     for m in msgs:
-                        self.names[m.pid] = m.comm
+                        self.names[m.pid] = text(m.comm)
                 elif which == "task_rename":
                     for m in msgs:
-                        self.names[m.pid] = m.newcomm
+                        self.names[m.pid] = text(m.newcomm)
                 continue
             for r in rows:
                 b.event[r] = ev
         self.typed = {}
+
+    def _orders(self, rows, msgs):
+        """order (uint32) into the Int32 column; larger ones make their rows malformed."""
+        b = self.b
+        od = [m.order for m in msgs]
+        if max(od) >= _I31:
+            for r, x in zip(rows, od):
+                if x >= _I31:
+                    b.drop(r)
+        b.set_many("order", rows, od)
 
     def frame(self) -> pd.DataFrame:
         """The builder's rows as the event table, sorted by time."""
@@ -749,6 +849,8 @@ class _HotRows:
 
 
 class _OrdBuilder(_Builder):
+    _ROW_LISTS = _Builder._ROW_LISTS + ("ords",)
+
     def __init__(self, reader):
         super().__init__()
         self.reader = reader
@@ -972,7 +1074,8 @@ class _FastReader(_Reader):
         e = s + ln.astype(np.int64)
         vals, _, (o_f, o_s, o_e, o_n), bad = _scan(arr, U, s, e, want_v=(w.e_ts, w.e_pid), oneof=w.oneof_nums)
         pid = vals[w.e_pid] & _U(0xFFFFFFFF)
-        bad |= (o_n != 1) | (pid >= _U(1 << 31))
+        # out-of-range pid / timestamp: the object path counts those events malformed
+        bad |= (o_n != 1) | (pid >= _U(1 << 31)) | (vals[w.e_ts] >= _U(1 << 63))
         ev = {"ts": vals[w.e_ts], "pid": pid.astype(np.int32), "f": o_f, "s": o_s, "e": o_e,
               "ord": np.zeros(len(pos), np.int64), "bid": bid, "bad": bad}
         # hot types: decode now so that damage sends the packet to the object path
@@ -1026,6 +1129,8 @@ class _FastReader(_Reader):
                 out[fname] = v
         if name in ("kmalloc", "kmem_cache_alloc", "kmalloc_node", "kmem_cache_alloc_node"):
             bad |= (out["bytes_alloc"] >= _U(1 << 63)) | (out["bytes_req"] >= _U(1 << 63))
+        elif name in ("mm_page_alloc", "mm_page_free"):
+            bad |= out["order"] >= _U(1 << 31)
         elif name == "kprobe_event":
             bad |= ~np.isin(out["type"], np.fromiter(self.w.kprobe_types, np.int64))
         if name in ("print", "kprobe_event"):
@@ -1180,11 +1285,13 @@ def _is_utf8(b):
 def _finish_fast(self: _FastReader) -> pd.DataFrame:
     """The event table from the builder's rows (object path) and the column store (numpy), by ordinal."""
     self.typed_columns()
+    b = self.b
+    dropped = np.array([b.ords[r] for r in b.dropped], np.int64)  # their ordinals stay unused
+    self._compact()
     oc = self.oc
     if not oc.rows:
         return self.frame()  # no busy-type rows: builder order is ordinal order
-    b = self.b
-    n = self.next_ord
+    n = self.next_ord  # ordinals
     oc.ensure(n)
     bo = np.asarray(b.ords, np.int64)
     oc.get("ts_ns", np.int64)[bo] = np.asarray(b.ts, dtype=np.uint64).astype(np.int64)
@@ -1194,17 +1301,23 @@ def _finish_fast(self: _FastReader) -> pd.DataFrame:
     ts = oc.a["ts_ns"][:n]
     perm = None if n < 2 or bool((ts[1:] >= ts[:-1]).all()) else np.argsort(ts, kind="stable")
     del ts
+    if dropped.size:  # rows are the ordinals in time order but these
+        keep = np.ones(n, bool)
+        keep[dropped] = False
+        perm = np.flatnonzero(keep) if perm is None else perm[keep[perm]]
+        del keep
+    m_out = n if perm is None else len(perm)  # rows
 
     def valid_of(col):
         va = oc.valid.pop(col, None)
         if va is None:
-            return np.zeros(n, bool)
+            return np.zeros(m_out, bool)
         return va[:n] if perm is None else va[perm]
 
     data = {"ts_ns": pd.Series(oc.take("ts_ns", n, perm), copy=False)}
-    data["cpu"] = pd.Series(pd.arrays.IntegerArray(oc.take("cpu", n, perm), np.zeros(n, bool)), copy=False)
+    data["cpu"] = pd.Series(pd.arrays.IntegerArray(oc.take("cpu", n, perm), np.zeros(m_out, bool)), copy=False)
     pid = oc.take("pid", n, perm)
-    data["pid"] = pd.Series(pd.arrays.IntegerArray(pid, np.zeros(n, bool)), copy=False)
+    data["pid"] = pd.Series(pd.arrays.IntegerArray(pid, np.zeros(m_out, bool)), copy=False)
     # event: categories sorted, as pd.Categorical makes them
     names = list(oc.events)
     cats = pd.Categorical(sorted(names)).categories
@@ -1238,7 +1351,7 @@ def _finish_fast(self: _FastReader) -> pd.DataFrame:
                 else:
                     v = np.fromiter(d.values(), dtype=np.int64, count=len(d))
                 oc.num(col, rows, v.astype(npdt))
-            vals = oc.take(col, n, perm) if col in oc.a else np.zeros(n, npdt)
+            vals = oc.take(col, n, perm) if col in oc.a else np.zeros(m_out, npdt)
             data[col] = pd.Series(pd.arrays.IntegerArray(vals, ~valid_of(col)), copy=False)
         elif c.dtype == "boolean":
             vals = np.zeros(n, dtype=bool)
@@ -1285,7 +1398,7 @@ def _finish_fast(self: _FastReader) -> pd.DataFrame:
     for c in EVENT_COLUMNS:
         s = data.pop(c.name, None)
         if s is None:
-            s = _null_column(c, n)
+            s = _null_column(c, m_out)
         cols[c.name] = s
     df = pd.DataFrame(cols, copy=False)
     del cols, data  # derive replaces columns: the old arrays go now
@@ -1322,6 +1435,7 @@ def _parse_fast(pb, n: int, path: str, kprobe_groups) -> tuple[pd.DataFrame, Ing
     st.lost_events += r.lost_from_stats()
     st.events_parsed = len(df)
     st.unknown_events = int(sum(st.unknown_event_names.values()))
+    r.report(path)
     if st.malformed:
         st.warn(f"{path}: {st.malformed} packet(s)/event(s) could not be decoded")
     return df, st
@@ -1350,6 +1464,7 @@ def parse_perfetto_reference(data: bytes, *, path: str = "<buffer>", kprobe_grou
     st.lost_events += r.lost_from_stats()
     st.events_parsed = len(df)
     st.unknown_events = int(sum(st.unknown_event_names.values()))
+    r.report(path)
     if st.malformed:
         st.warn(f"{path}: {st.malformed} packet(s)/event(s) could not be decoded")
     return df, st
