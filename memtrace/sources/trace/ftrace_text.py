@@ -161,6 +161,10 @@ def columns_for(event: str) -> dict[str, str]:
     return m
 
 
+#: largest order whose 2^order pages / 2^order * PAGE_SIZE bytes fit the Int64 columns; a page
+#: event with an order outside [0, these] (a damaged capture) gets null pages / bytes
+MAX_ORDER_PAGES = 62
+MAX_ORDER_BYTES = 50
 _PAGE_EVENTS = ("kmem:mm_page_alloc", "kmem:mm_page_free", "kmem:mm_page_free_batched", "kmem:mm_page_alloc_zone_locked")
 _GFP_EVENTS = ("kmem:kmalloc", "kmem:kmalloc_node", "kmem:mm_page_alloc")
 
@@ -175,7 +179,7 @@ def derive(df: pd.DataFrame) -> pd.DataFrame:
     """Per-event derived columns (pages/bytes of page events, accounted from gfp). In place.
 
     Works on the columns' numpy buffers; `_derive_pandas` is the same in pandas operations and
-    takes over for input it would reject or that is not in the schema's dtypes."""
+    takes over for input that is not in the schema's dtypes."""
     dt = {c: str(df[c].dtype) for c in ("event", "order", "pages", "bytes", "accounted", "gfp", "gfp_flags")}
     if dt != {"event": "category", "order": "Int32", "pages": "Int64", "bytes": "Int64", "accounted": "boolean",
               "gfp": "UInt64", "gfp_flags": "category"}:
@@ -193,8 +197,6 @@ def derive(df: pd.DataFrame) -> pd.DataFrame:
 
     page_ev = is_ev(_PAGE_EVENTS)
     o_val, o_ok = _masked(df["order"])
-    if ((o_val < 0) & o_ok).any():
-        return _derive_pandas(df)
     if page_ev.any():
         # only the page events' rows change: work on those (the frame may be large)
         pr = np.flatnonzero(page_ev)
@@ -202,15 +204,17 @@ def derive(df: pd.DataFrame) -> pd.DataFrame:
         ook_r = o_ok[pr] | batched_r
         o64 = np.where(ook_r, o_val[pr].astype(np.int64), 0)
         o64[batched_r] = 0
-        pw = np.power(np.int64(2), o64)
+        in_p = ook_r & (o64 >= 0) & (o64 <= MAX_ORDER_PAGES)
+        in_b = in_p & (o64 <= MAX_ORDER_BYTES)
+        pw = np.power(np.int64(2), np.where(in_p, o64, 0))
         del o64
-        for col, mult in (("pages", 1), ("bytes", PAGE_SIZE)):
+        for col, mult, okc in (("pages", 1, in_p), ("bytes", PAGE_SIZE, in_b)):
             v_old, ok_old = _masked(df[col])
             vals = v_old.copy()
             ok = ok_old.copy()
             del v_old, ok_old
-            vals[pr] = np.where(ook_r, pw * mult, 0)
-            ok[pr] = ook_r
+            vals[pr] = np.where(okc, pw * mult, 0)
+            ok[pr] = okc
             vals[~ok] = 0
             df[col] = pd.arrays.IntegerArray(vals, ~ok)
             del vals, ok
@@ -221,7 +225,7 @@ def derive(df: pd.DataFrame) -> pd.DataFrame:
             df["order"] = pd.arrays.IntegerArray(np.where(batched, 0, o_val).astype(np.int32), ~(o_ok | batched))
             o_val, o_ok = _masked(df["order"])
     p_val, p_ok = _masked(df["pages"])
-    kp = ~p_ok & o_ok & ~page_ev
+    kp = ~p_ok & o_ok & ~page_ev & (o_val >= 0) & (o_val <= MAX_ORDER_PAGES)
     if kp.any():
         pages = np.where(kp, np.power(np.int64(2), np.where(kp, o_val.astype(np.int64), 0)), p_val)
         df["pages"] = pd.arrays.IntegerArray(pages, ~(p_ok | kp))
@@ -248,19 +252,27 @@ def derive(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _derive_pandas(df: pd.DataFrame) -> pd.DataFrame:
-    """`derive` in plain pandas: the definition, and the path for odd input (negative orders)."""
+    """`derive` in plain pandas: the definition, and the path for odd input (dtypes not the schema's)."""
     ev = df["event"].astype(str) if len(df) else pd.Series([], dtype=str)
     page_ev = ev.isin(["kmem:mm_page_alloc", "kmem:mm_page_free", "kmem:mm_page_free_batched", "kmem:mm_page_alloc_zone_locked"])
+
+    def order_upto(order, top):
+        return ((order >= 0) & (order <= top)).fillna(False).astype(bool)
+
     if page_ev.any():
         order = df["order"].astype("Int64")
         batched = ev.eq("kmem:mm_page_free_batched") & order.isna()
         order = order.mask(batched, 0)
-        pages = (pd.Series(1, index=df.index, dtype="Int64") * (2 ** order.where(page_ev)).astype("Int64"))
+        in_p = page_ev & order_upto(order, MAX_ORDER_PAGES)
+        in_b = page_ev & order_upto(order, MAX_ORDER_BYTES)
+        pw = 2 ** order.where(in_p, 0).fillna(0)  # masked values are computed on too: keep them in range
+        pages = pw.where(in_p, pd.NA).astype("Int64")
+        nbytes = (pw.where(in_b, 0) * PAGE_SIZE).where(in_b, pd.NA).astype("Int64")
         df["pages"] = df["pages"].astype("Int64").where(~page_ev, pages)
-        df["bytes"] = df["bytes"].astype("Int64").where(~page_ev, pages * PAGE_SIZE)
+        df["bytes"] = df["bytes"].astype("Int64").where(~page_ev, nbytes)
         df["order"] = df["order"].astype("Int32").where(~batched, 0)
     # kprobes: order= without nr= → pages
-    kp = df["pages"].isna() & df["order"].notna() & ~page_ev
+    kp = df["pages"].isna() & df["order"].notna() & ~page_ev & order_upto(df["order"].astype("Int64"), MAX_ORDER_PAGES)
     if kp.any():
         df.loc[kp, "pages"] = (2 ** df.loc[kp, "order"].astype("Int64")).astype("Int64")
     by_gfp = ev.isin(["kmem:kmalloc", "kmem:kmalloc_node", "kmem:mm_page_alloc"]) & df["accounted"].isna()
@@ -287,6 +299,9 @@ for _i, _c in enumerate(b"ABCDEF"):
 _DEC = np.full(256, 255, dtype=np.uint8)
 for _i, _c in enumerate(b"0123456789"):
     _DEC[_c] = _i
+
+
+_MAX64 = (1 << 64) - 1
 
 
 def parse_ints(buf: np.ndarray, s: np.ndarray, e: np.ndarray, base: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -316,9 +331,12 @@ def parse_ints(buf: np.ndarray, s: np.ndarray, e: np.ndarray, base: int = 0) -> 
         b = buf[idx]
         d = np.where(is_hex, _HEX[b], _DEC[b])
         bad = act & (d == 255)
+        if k == 19:  # the 20th decimal digit: past 2^64 - 1? (16 hex digits always fit)
+            bad |= act & (val > (np.uint64(_MAX64) - d.astype(np.uint64)) // np.uint64(10))
         ok &= ~bad
         act &= ~bad
         val = np.where(act, val * mult + d.astype(np.uint64), val)
+    ok &= ~(neg & (val > np.uint64(1 << 63)))  # below -2^63
     val = np.where(neg, (~val) + np.uint64(1), val)
     return val, ok
 
@@ -476,6 +494,7 @@ def _parse_nums(buf, U, s, e, base) -> tuple[np.ndarray, np.ndarray]:
         val = np.where(is_hex, vh, vd)
         okv = np.where(is_hex, okh, okd)
     ok &= okv
+    ok &= ~(neg & (val > _u(1 << 63)))  # below -2^63, as `parse_ints`
     val = np.where(neg, (~val) + _ONE, val)
     long_dec = (ln > 16) & (ln <= 20) & ~is_hex
     if long_dec.any():
@@ -790,6 +809,8 @@ class _TextParser:
         self.unknown: dict[str, int] = {}
         self.chunks: list[dict] = []
         self.canon: dict[tuple[bytes, bool], tuple[int, bool, str]] = {}
+        #: event lines dropped as malformed: timestamp, cpu or pid too large for its column
+        self.out_of_range = 0
 
     # --- event names ---
     def _canon(self, name: bytes, kprobe: bool):
@@ -873,6 +894,7 @@ class _TextParser:
                 todo = todo[~okL]
         # the rest: a regex per line
         keep = ok.copy()
+        out_of_range = 0
         for r in np.flatnonzero(~ok):
             base = int(s[r])
             line = bytes(buf[base : e[r]])
@@ -884,19 +906,24 @@ class _TextParser:
                 elif not _SKIP_RE.match(line):
                     st.malformed += 1
                 continue
-            keep[r] = True
             t = m.group("ts")
             if b"." in t:
                 a, b = t.split(b".")
-                ts[r] = int(a) * 1_000_000_000 + int(b[:9].ljust(9, b"0"))
+                t_ns = int(a) * 1_000_000_000 + int(b[:9].ljust(9, b"0"))
             else:
-                ts[r] = int(t)
-            cpu[r] = int(m.group("cpu"))
-            pid[r] = int(m.group("pid"))
+                t_ns = int(t)
+            c_, p_ = int(m.group("cpu")), int(m.group("pid"))
+            if t_ns >= 1 << 63 or c_ >= 1 << 31 or p_ >= 1 << 31:  # does not fit ts_ns / cpu / pid
+                st.malformed += 1
+                out_of_range += 1
+                continue
+            keep[r] = True
+            ts[r], cpu[r], pid[r] = t_ns, c_, p_
             cm_s[r], cm_e[r] = base + m.start("comm"), base + m.end("comm")
             name_id[r] = nid(m.group("event"))
             a_s[r] = base + m.start("args")
             e[r] = base + m.end("args")
+        self.out_of_range += out_of_range
         sel = np.flatnonzero(keep)
         n = len(sel)
         if n == 0:
@@ -1262,6 +1289,9 @@ def _run(chunks, *, path, fmt, kprobe_groups, stats, fast=True) -> tuple[pd.Data
     st.unknown_events = int(sum(p.unknown.values()))
     frame = _assemble_chunks(p, n)
     st.events_parsed = len(frame)
+    if p.out_of_range:
+        st.warn(f"{path}: {p.out_of_range} event line(s) dropped as malformed: timestamp >= 2^63 ns, "
+                "or cpu or pid >= 2^31")
     if st.malformed:
         st.warn(f"{path}: {st.malformed} malformed line(s) dropped")
     return frame, st
