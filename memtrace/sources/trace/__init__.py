@@ -11,7 +11,7 @@ import os
 
 import pandas as pd
 
-from memtrace.errors import InputError
+from memtrace.errors import InputError, MemtraceError
 from memtrace.sources.trace import detect
 from memtrace.tables.events import IngestStats, check_events
 
@@ -37,6 +37,23 @@ def load_trace(path: str, *, kprobe_groups: dict[str, str] | None = None) -> tup
         raise InputError(f"{path}: is a directory, not a trace file")
     fmt = detect.sniff_file(path)
     groups = {**_sidecar_kprobe_groups(path), **(kprobe_groups or {})}
+    try:
+        df, st = _load(path, fmt, groups)
+    except (MemtraceError, MemoryError):
+        raise
+    except Exception as e:
+        # a decoder bug or input nobody foresaw: one line naming the file, not a traceback
+        # (MEMTRACE_DEBUG=1 keeps the traceback for whoever fixes it)
+        if os.environ.get("MEMTRACE_DEBUG"):
+            raise
+        msg = " ".join(str(e).split())
+        if len(msg) > 300:
+            msg = msg[:300] + "..."
+        raise InputError(f"{path}: cannot decode as {fmt}: {type(e).__name__}" + (f": {msg}" if msg else "")) from e
+    return check_events(df), st
+
+
+def _load(path: str, fmt: str, groups: dict[str, str]) -> tuple[pd.DataFrame, IngestStats]:
     if fmt == detect.PERFETTO:
         from memtrace.sources.trace.perfetto import load_perfetto
 
@@ -53,7 +70,7 @@ def load_trace(path: str, *, kprobe_groups: dict[str, str] | None = None) -> tup
         from memtrace.sources.trace.ftrace_text import load_ftrace_text
 
         df, st = load_ftrace_text(path, kprobe_groups=groups)
-    return check_events(df), st
+    return df, st
 
 
 __all__ = ["load_trace", "IngestStats"]
