@@ -379,13 +379,28 @@ def qemu_args(image: Path) -> tuple[str, ...]:
             "-cpu", "max")
 
 
+def _guest_path() -> list[str]:
+    """PYTHONPATH for the guest: memtrace's parent folder, then every site folder the
+    requirement closure was installed into (so a venv's packages are found without it)."""
+    paths = [str(package_dir().parent)]
+    for name, dist in closure().items():
+        if name != "memtrace":
+            site = str(Path(dist.locate_file("")).resolve())
+            if site not in paths:
+                paths.append(site)
+    return paths
+
+
 def guest_env(kernel: Kernel) -> str:
     """``/memtrace/live.env``: what ``guest/live.sh`` runs, as shell assignments."""
     env = {
         "MT_PYROOT_SERIAL": SERIAL,
         "MT_PYROOT": GUEST_MOUNT,
-        "MT_PY": sys.executable,
-        "MT_PYTHONPATH": str(package_dir().parent),
+        # the real interpreter, not a venv's symlink to it (a venv's bin/ may sit where the
+        # guest mounts something else, e.g. /tmp); the venv's own site-packages, if any, are
+        # passed on PYTHONPATH instead
+        "MT_PY": os.path.realpath(sys.executable),
+        "MT_PYTHONPATH": ":".join(_guest_path()),
         "MT_VMLINUX": str(kernel.vmlinux),
     }
     for v in env.values():
