@@ -64,7 +64,9 @@ MIN_MEMORY_MB = 2048
 #: standard-library folders the guest never imports
 STDLIB_PRUNE = {"test", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3", "site-packages", "dist-packages"}
 #: mount points and scratch folders made in the image
-GUEST_DIRS = ("proc", "sys", "dev", "tmp", "out")
+#: mount points the guest needs in the image. The chroot's scratch space is a tmpfs on
+#: /mt-tmp, not on /tmp: host files staged under /tmp (a checkout or venv there) stay visible
+GUEST_DIRS = ("proc", "sys", "dev", "tmp", "out", "mt-tmp")
 #: the mke2fs of e2fsprogs and the Debian package that ships it
 MKE2FS = ("mke2fs", "e2fsprogs")
 

@@ -17,7 +17,7 @@
 . /memtrace/live.env
 
 mt_live_py() {
-	env -i PATH=/bin:/sbin:/usr/bin:/usr/sbin HOME=/tmp TERM=dumb PYTHONUTF8=1 PYTHONDONTWRITEBYTECODE=1 \
+	env -i PATH=/bin:/sbin:/usr/bin:/usr/sbin HOME=/mt-tmp TMPDIR=/mt-tmp TERM=dumb PYTHONUTF8=1 PYTHONDONTWRITEBYTECODE=1 \
 		PYTHONPATH="$MT_PYTHONPATH" chroot "$MT_PYROOT" "$MT_PY" "$@"
 }
 
@@ -42,7 +42,7 @@ mt_live_snapshot() {
 	mount -o bind /sys/fs/bpf "$_r/sys/fs/bpf"
 	mount -o bind /dev "$_r/dev"
 	mount -o bind /out "$_r/out"
-	mount -t tmpfs tmpfs "$_r/tmp"
+	mount -t tmpfs tmpfs "$_r/mt-tmp"
 	echo "device=$_dev" >> "$_txt"
 	echo "start=$(cut -d' ' -f1 /proc/uptime)" >> "$_txt"
 	echo "MEMTRACE-LIVE snapshot --live started" > /dev/console
@@ -65,7 +65,7 @@ os.execv(sys.executable, [sys.executable] + sys.argv[1:])' \
 		-m memtrace snapshot --live --vmlinux "$MT_VMLINUX" > /out/live-nonroot.out 2> /out/live-nonroot.err
 	echo "nonroot_rc=$?" >> "$_txt"
 	echo "nonroot_end=$(cut -d' ' -f1 /proc/uptime)" >> "$_txt"
-	for _m in tmp out dev sys/fs/bpf sys/fs/cgroup sys proc; do
+	for _m in mt-tmp out dev sys/fs/bpf sys/fs/cgroup sys proc; do
 		umount "$_r/$_m"
 	done
 	umount "$_r"
