@@ -1,0 +1,331 @@
+"""Bad input never gives a traceback: an event that cannot be represented is counted as malformed
+(exit 0, with a warning naming the file), a file that cannot be decoded is one
+`memtrace: error: FILE: ...` line (exit 2). Fast and reference paths agree on all of it."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from memtrace.errors import InputError
+from memtrace.sources.trace import ftrace_text as ft
+from memtrace.sources.trace import load_trace
+from memtrace.sources.trace.perfetto import events_to_trace, parse_perfetto, parse_perfetto_reference
+
+pb2 = pytest.importorskip("perfetto.protos.perfetto.trace.perfetto_trace_pb2")
+
+REPO = Path(__file__).resolve().parent.parent
+EXCERPT = REPO / "fixtures" / "traces" / "restart-6.1.excerpt.txt"
+
+
+def ingest(path: Path):
+    """`memtrace ingest PATH --json`: (exit code, summary or None, stderr); never a traceback."""
+    env = {k: v for k, v in os.environ.items() if k != "MEMTRACE_DEBUG"}
+    p = subprocess.run([sys.executable, "-m", "memtrace", "ingest", str(path), "--json"],
+                       capture_output=True, text=True, env=env, cwd=REPO)
+    assert "Traceback" not in p.stderr, p.stderr
+    if p.returncode == 2:
+        lines = p.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"memtrace: error: {path}: "), p.stderr
+        return 2, None, p.stderr
+    assert p.returncode == 0, p.stderr
+    return 0, json.loads(p.stdout), p.stderr
+
+
+def same(parse, ref, raw):
+    """Both paths give the same frame and stats, or both raise InputError; the result or None."""
+    out = []
+    for f in (parse, ref):
+        try:
+            out.append(f(raw))
+        except InputError:  # anything else is a bug, and fails the test
+            out.append(None)
+    a, b = out
+    assert (a is None) == (b is None)
+    if a is None:
+        return None
+    pd.testing.assert_frame_equal(a[0], b[0], check_exact=True)
+    assert a[1].to_dict() == b[1].to_dict()
+    return a
+
+
+def same_perfetto(raw):
+    return same(parse_perfetto, parse_perfetto_reference, raw)
+
+
+def same_text(raw, chunk_bytes=1 << 30):
+    return same(ft.parse_ftrace_text, lambda d: ft.parse_ftrace_text_reference(d, chunk_bytes=chunk_bytes), raw)
+
+
+# --- perfetto ------------------------------------------------------------------------------------
+
+
+def _repro() -> bytes:
+    t = pb2.Trace()
+    e = t.packet.add().ftrace_events.event.add()
+    e.timestamp, e.pid = 1000, 3000000000
+    e.kmalloc.bytes_alloc, e.kmalloc.ptr = 64, 1
+    e2 = t.packet.add().ftrace_events.event.add()
+    e2.timestamp, e2.pid = 2000, 5
+    e2.print.buf = "ok\n"
+    return t.SerializeToString()
+
+
+def test_perfetto_pid_over_int32(tmp_path):
+    f = tmp_path / "bigpid.pftrace"
+    f.write_bytes(_repro())
+    rc, s, err = ingest(f)
+    assert rc == 0
+    assert s["ingest"]["malformed"] == 1
+    assert [e["event"] for e in s["events"]] == ["ftrace:print"]
+    assert f"memtrace: warning: {f}: 1 event(s) dropped as malformed" in err
+    same_perfetto(f.read_bytes())
+
+
+def test_perfetto_print_not_utf8(tmp_path):
+    f = tmp_path / "badutf8.pftrace"
+    f.write_bytes(_repro().replace(b"ok\n", b"\xff\xfe\n"))
+    rc, s, err = ingest(f)
+    assert rc == 0
+    assert s["ingest"]["malformed"] == 1  # the pid event; the print is kept
+    assert [e["event"] for e in s["events"]] == ["ftrace:print"]
+    assert "not UTF-8" in err
+    df, _ = same_perfetto(f.read_bytes())
+    assert df["marker"].tolist() == ["\ufffd\ufffd"]
+
+
+def _bundles(extra) -> bytes:
+    """Three bundles of plain kmalloc events (the fast path's own), `extra(i, bundle)` adding to each."""
+    t = pb2.Trace()
+    th = t.packet.add().process_tree.threads.add()
+    th.tid, th.name = 5, "w"
+    for bi in range(3):
+        bd = t.packet.add().ftrace_events
+        bd.cpu = bi
+        for i in range(6):
+            e = bd.event.add()
+            e.timestamp, e.pid = 10000 - 100 * i - bi, 5  # out of order: the frame is sorted
+            e.kmalloc.bytes_alloc, e.kmalloc.ptr, e.kmalloc.gfp_flags = 64 + i, 1000 + i, 0x400000
+        extra(bi, bd)
+    return t.SerializeToString()
+
+
+def _generic(bd, ts, name, **fields):
+    e = bd.event.add()
+    e.timestamp, e.pid = ts, 5
+    e.generic.event_name = name
+    for k, (kind, v) in fields.items():
+        f = e.generic.field.add()
+        f.name = k
+        setattr(f, kind, v)
+
+
+def _x_generic(bi, bd):
+    if bi == 1:
+        _generic(bd, 50, "percpu_alloc_percpu", size=("uint_value", 1 << 63))  # bytes_req: Int64
+        _generic(bd, 51, "percpu_alloc_percpu", size=("uint_value", 12), map_id=("int_value", -1))  # UInt32
+        _generic(bd, 52, "foo", order=("int_value", 1 << 40))  # Int32
+        _generic(bd, 53, "percpu_alloc_percpu", size=("uint_value", (1 << 63) - 1), ptr=("int_value", -1))  # fit
+
+
+def _x_bytes(bi, bd):
+    if bi == 2:
+        e = bd.event.add()
+        e.timestamp, e.pid = 7, 5
+        e.kmalloc.bytes_alloc = 1 << 63
+
+
+def _x_order(bi, bd):
+    if bi == 0:
+        for ts, order in ((7, 1 << 31), (8, 100), (9, 3)):
+            e = bd.event.add()
+            e.timestamp, e.pid = ts, 5
+            e.mm_page_alloc.order = order
+
+
+def _x_ts(bi, bd):
+    if bi == 1:
+        e = bd.event.add()
+        e.timestamp, e.pid = 1 << 63, 5
+        e.kfree.ptr = 3
+
+
+def _x_cpu(bi, bd):
+    if bi == 1:
+        bd.cpu = 1 << 31
+
+
+@pytest.mark.parametrize("extra, dropped", [(_x_generic, 3), (_x_bytes, 1), (_x_order, 1), (_x_ts, 1), (_x_cpu, 6)])
+def test_perfetto_numbers_that_do_not_fit(tmp_path, extra, dropped):
+    raw = _bundles(extra)
+    df, st = same_perfetto(raw)
+    assert st.malformed == dropped
+    assert any("dropped as malformed" in w for w in st.warnings)
+    f = tmp_path / "t.pftrace"
+    f.write_bytes(raw)
+    rc, s, _ = ingest(f)
+    assert rc == 0 and s["ingest"]["malformed"] == dropped
+    if extra is _x_order:  # order 100 is kept, but 2^100 pages fit no column
+        r = df[df["order"] == 100]
+        assert len(r) == 1 and r["pages"].isna().all() and r["bytes"].isna().all()
+    if extra is _x_generic:
+        r = df[df["ts_ns"] == 53]
+        assert r["bytes_req"].tolist() == [(1 << 63) - 1] and r["ptr"].tolist() == [(1 << 64) - 1]
+
+
+def test_perfetto_names_not_utf8():
+    def extra(bi, bd):
+        if bi == 0:
+            e = bd.event.add()
+            e.timestamp, e.pid = 1, 5
+            e.task_newtask.pid, e.task_newtask.comm = 5, "QQ"
+            _generic(bd, 2, "ZZZ")
+            e = bd.event.add()
+            e.timestamp, e.pid = 3, 5
+            e.kprobe_event.name = "try_cRRge"
+            e = bd.event.add()
+            e.timestamp, e.pid = 4, 5
+            e.cgroup_mkdir.path, e.cgroup_mkdir.id = "/PP", 3
+
+    raw = _bundles(extra)
+    for a, b in ((b"QQ", b"\xff\xfe"), (b"ZZZ", b"Z\xffZ"), (b"RR", b"\xfa\xfb"), (b"PP", b"\xfe\xfe")):
+        assert raw.count(a) == 1
+        raw = raw.replace(a, b)
+    df, st = same_perfetto(raw)
+    assert st.malformed == 0 and len(df) == 22
+    assert any("not UTF-8" in w for w in st.warnings)
+    assert set(df["comm"].astype(str)) == {"\ufffd\ufffd"}  # the task_newtask rename
+    assert {"Z\ufffdZ", "kprobes:try_c\ufffd\ufffdge", "cgroup:cgroup_mkdir"} <= set(df["event"].astype(str))
+    assert "/\ufffd\ufffd" in set(df["cgroup_path"].dropna().astype(str))
+
+
+def test_perfetto_damaged_bytes_never_raise():
+    """200 damaged copies of a real excerpt (bits flipped, bytes overwritten, huge varints written in):
+    only InputError may come out, and both paths agree."""
+    df, _ = load_trace(str(EXCERPT))
+    bases = [events_to_trace(df, bundle_size=16), events_to_trace(df.iloc[:120], bundle_size=7, compress=True)]
+    rng = random.Random(20240611)
+    decoded = 0
+    for i in range(200):
+        raw = bytearray(bases[i % 2])
+        for _ in range(rng.randint(1, 8)):
+            p = rng.randrange(len(raw))
+            r = rng.random()
+            if r < 0.4:
+                raw[p] ^= 1 << rng.randrange(8)
+            elif r < 0.8:
+                raw[p] = rng.randrange(256)
+            else:
+                k = rng.randint(1, 9)
+                raw[p : p + k] = b"\xff" * (k - 1) + bytes([rng.choice([0x01, 0x7F, 0x0F])])
+        decoded += same_perfetto(bytes(raw)) is not None
+    assert decoded > 150
+
+
+# --- ftrace text ---------------------------------------------------------------------------------
+
+GOOD = b"            init-1       [001] .....     2.239909: mm_page_alloc: page=ffffedc540191240 pfn=0x6449 order=0 migratetype=0 gfp_flags=GFP_KERNEL\n"
+KM = b"kmalloc: ptr=ffff8a0a012de620 bytes_req=16 bytes_alloc=16"
+
+
+@pytest.mark.parametrize("line, malformed", [
+    (b"            init-12345678901234567890 [001] .....     2.239909: " + KM, 1),
+    (b"            init-3000000000 [001] .....     2.239909: " + KM, 1),
+    (b"            init-1       [12345678901234567890] .....     2.239909: " + KM, 1),
+    (b"            init-1       [3000000000] .....     2.239909: " + KM, 1),
+    (b"            init-1       [001] .....     123456789012345678901234567890.239909: " + KM, 1),
+    (b"            init-1       [001] .....     123456789012345678901234567890: " + KM, 1),
+    (b"            init-1       [001] .....     9223372036.854775808: " + KM, 1),
+    (b"            init-1       [001] .....     9223372036.854775807: " + KM, 0),
+    (b"            init-1       [001] .....     2.239909: mm_page_alloc: page=0 pfn=0x1 order=-1 migratetype=0", 0),
+    (b"            init-1       [001] .....     2.239909: mm_page_alloc: page=0 pfn=0x1 order=100 migratetype=0", 0),
+    (b"            init-1       [001] .....     2.239909: kmalloc: ptr=1 bytes_req=99999999999999999999 bytes_alloc=-99999999999999999999", 0),
+    (b"            in\xff\xfeit-1       [001] .....     2.239909: print: tracing_mark_write: h\xffi", 0),
+])
+def test_text_odd_lines(tmp_path, line, malformed):
+    data = GOOD + line + b"\n" + GOOD
+    f = tmp_path / "trace.txt"
+    f.write_bytes(data)
+    rc, s, err = ingest(f)
+    assert rc == 0
+    assert s["ingest"]["malformed"] == malformed
+    assert s["ingest"]["events_parsed"] == 3 - malformed
+    if malformed:
+        assert f"memtrace: warning: {f}: {malformed} event line(s) dropped as malformed" in err
+    df, _ = same_text(data)
+    odd = df.iloc[[1]] if len(df) == 3 else df.iloc[[]]
+    if b"order=" in line:  # kept; no pages/bytes for an order no page count fits
+        assert odd["pages"].isna().all() and odd["bytes"].isna().all()
+    if b"99999999999999999999" in line:  # past 2^64: not a number, not a wrapped one
+        assert odd["bytes"].isna().all() and odd["bytes_req"].isna().all()
+
+
+def test_text_damaged_bytes_never_raise():
+    base = EXCERPT.read_bytes()
+    rng = random.Random(7)
+    for i in range(60):
+        raw = bytearray(base)
+        for _ in range(rng.randint(1, 12)):
+            p = rng.randrange(len(raw))
+            r = rng.random()
+            if r < 0.3:
+                raw[p] = rng.randrange(256)
+            elif r < 0.6:
+                raw[p:p] = b"9" * rng.randint(1, 30)
+            elif r < 0.7:
+                raw[p:p] = b"-"
+            elif r < 0.8:
+                raw[p] = rng.choice(b" =:[]()-.\n\t0x")
+            else:
+                del raw[p : p + rng.randint(1, 5)]
+        same_text(bytes(raw), chunk_bytes=rng.choice([300, 1 << 30]))
+
+
+# --- the safety net ------------------------------------------------------------------------------
+
+
+def test_unexpected_decoder_error_is_one_line(tmp_path, monkeypatch):
+    from memtrace.sources.trace import perfetto
+
+    f = tmp_path / "t.pftrace"
+    f.write_bytes(_repro())
+
+    def boom(*a, **k):
+        raise ZeroDivisionError("a\nb")
+
+    monkeypatch.delenv("MEMTRACE_DEBUG", raising=False)
+    monkeypatch.setattr(perfetto, "load_perfetto", boom)
+    with pytest.raises(InputError, match=r"t\.pftrace: cannot decode as perfetto: ZeroDivisionError: a b$"):
+        load_trace(str(f))
+    monkeypatch.setenv("MEMTRACE_DEBUG", "1")
+    with pytest.raises(ZeroDivisionError):
+        load_trace(str(f))
+    monkeypatch.delenv("MEMTRACE_DEBUG")
+
+    def oom(*a, **k):
+        raise MemoryError
+
+    monkeypatch.setattr(perfetto, "load_perfetto", oom)
+    with pytest.raises(MemoryError):
+        load_trace(str(f))
+
+
+def test_unexpected_decoder_error_cli_exit_2(tmp_path):
+    f = tmp_path / "t.pftrace"
+    f.write_bytes(_repro())
+    code = ("import sys; from memtrace.sources.trace import perfetto\n"
+            "def boom(*a, **k): raise KeyError('x')\n"
+            "perfetto.load_perfetto = boom\n"
+            f"sys.argv = ['memtrace', 'ingest', {str(f)!r}]\n"
+            "from memtrace.cli.app import main; main()\n")
+    env = {k: v for k, v in os.environ.items() if k != "MEMTRACE_DEBUG"}
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO)
+    assert p.returncode == 2
+    assert p.stderr.strip() == f"memtrace: error: {f}: cannot decode as perfetto: KeyError: 'x'"
