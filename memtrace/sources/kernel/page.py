@@ -83,7 +83,7 @@ def page_layout(prog: Program) -> PageLayout:
         page_shift=page_shift,
         sizeof_page=page_t.size,
         vmemmap_base=prog["vmemmap"].value_(),
-        page_offset_base=prog["page_offset_base"].value_() if _has(prog, "page_offset_base") else 0xFFFF888000000000,
+        page_offset_base=prog["page_offset_base"].value_() if has_symbol(prog, "page_offset_base") else 0xFFFF888000000000,
         max_pfn=prog["max_pfn"].value_(),
         off_flags=offsetof(page_t, "flags"),
         off_compound_head=off_ch,
@@ -96,7 +96,7 @@ def page_layout(prog: Program) -> PageLayout:
     return lay
 
 
-def _has(prog: Program, name: str) -> bool:
+def has_symbol(prog: Program, name: str) -> bool:
     try:
         prog[name]
         return True

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 from drgn import Object, Program, offsetof
 
-from memtrace.sources.kernel.page import page_is_slab, page_kmem_objcg, page_layout, page_compound_order
+from memtrace.sources.kernel.page import has_symbol, page_compound_order, page_is_slab, page_kmem_objcg, page_layout
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ def _strategy(prog: Program) -> _SlabStrategy:
             mask = prog["__NR_OBJEXTS_FLAGS"].value_() - 1
         except KeyError:
             mask = 7
-        bit = prog["MEMCG_DATA_OBJEXTS"].value_() if _has(prog, "MEMCG_DATA_OBJEXTS") else 1
+        bit = prog["MEMCG_DATA_OBJEXTS"].value_() if has_symbol(prog, "MEMCG_DATA_OBJEXTS") else 1
         stride = prog.type("struct slabobj_ext").size
         try:
             off_stride = offsetof(t, "stride")
@@ -83,12 +83,6 @@ def _strategy(prog: Program) -> _SlabStrategy:
     return s
 
 
-def _has(prog: Program, name: str) -> bool:
-    try:
-        prog[name]
-        return True
-    except KeyError:
-        return False
 
 
 @dataclass

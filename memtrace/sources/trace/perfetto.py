@@ -1431,6 +1431,11 @@ def _parse_fast(pb, n: int, path: str, kprobe_groups) -> tuple[pd.DataFrame, Ing
     del pb
     if st.packets_read == 0:
         raise InputError(f"{path}: not a perfetto trace: no packet decodes")
+    return _finish(r, st, path)
+
+
+def _finish(r, st: IngestStats, path: str) -> tuple[pd.DataFrame, IngestStats]:
+    """Build the frame of a reader (fast or reference) and close its stats."""
     df = r.finish()
     st.lost_events += r.lost_from_stats()
     st.events_parsed = len(df)
@@ -1460,14 +1465,7 @@ def parse_perfetto_reference(data: bytes, *, path: str = "<buffer>", kprobe_grou
         r.packet(bytes(raw))
     if st.packets_read == 0:
         raise InputError(f"{path}: not a perfetto trace: no packet decodes")
-    df = r.finish()
-    st.lost_events += r.lost_from_stats()
-    st.events_parsed = len(df)
-    st.unknown_events = int(sum(st.unknown_event_names.values()))
-    r.report(path)
-    if st.malformed:
-        st.warn(f"{path}: {st.malformed} packet(s)/event(s) could not be decoded")
-    return df, st
+    return _finish(r, st, path)
 
 
 def load_perfetto(path: str, *, kprobe_groups=None) -> tuple[pd.DataFrame, IngestStats]:
