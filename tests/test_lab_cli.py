@@ -104,7 +104,8 @@ def failing_guest(tmp_path: Path, short_tmp: Path, script: str, *extra: str) -> 
 def test_guest_panic_shows_serial_tail(tmp_path, short_tmp):
     line, stderr = failing_guest(tmp_path, short_tmp, "step before\necho c > /proc/sysrq-trigger\n")
     assert "panicked" in line
-    assert "serial log tail" in stderr and "Kernel panic - not syncing" in stderr
+    assert "serial log from the panic" in stderr and "Kernel panic - not syncing" in stderr
+    assert "sysrq" in stderr.lower()  # the cause, just above the panic line
 
 
 @pytest.mark.lab

@@ -176,12 +176,19 @@ def test_inferred_map_alloc_percpu_uncharged(each):
     a = s.allocations[s.allocations["kind"] == "percpu"].copy()
     chunk, _ = pr.resolve(a["address"].to_numpy())
     a["has_vec"] = [pr._vec(int(c)) is not None for c in chunk]
-    a = a[a["has_vec"]].merge(s.maps[["map_id", "name", "flags"]], on="map_id")
+    a = a.merge(s.maps[["map_id", "name", "flags"]], on="map_id")
+    # values the chunk allocator placed in a chunk without an objcg vector (the first
+    # chunk) are charged and at once uncharged by pcpu_memcg_post_alloc_hook: reported
+    # uncharged, and not evidence either way
+    np_values = a[(a["name"] == "pcpu_hash_np") & (a["role"] == "value")]
+    assert len(np_values) == 500
+    assert np_values[~np_values["has_vec"]]["objcg"].isna().all()
+    a = a[a["has_vec"]]
     at_create = a[a["role"].isin(["map_locked", "elem_count", "extra_elems"]) | (a["role"] == "value") & (a["flags"] & 1 == 0)]
     assert set(at_create["name"]) >= {"percpu_hash", "lru_pcpu_hash", "percpu_array"}
     assert at_create["objcg"].isna().all()
     later = a[(a["name"] == "pcpu_hash_np") & (a["role"] == "value")]
-    assert len(later) == 500 and later["objcg"].notna().all()
+    assert len(later) >= 490 and later["objcg"].notna().all()
 
 
 def test_qmp_equals_vmcore(kernel, tmp_path):

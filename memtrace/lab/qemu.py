@@ -117,6 +117,13 @@ class Guest:
         tail = text.splitlines()[-lines:]
         return "serial log tail:\n" + "\n".join("  " + l for l in tail)
 
+    def panic_tail(self, before: int = 5, most: int = 60) -> str:
+        """The console from a few lines before the last "Kernel panic" line on."""
+        lines = self.serial_log.read_text(errors="replace").splitlines()
+        at = max((i for i, l in enumerate(lines) if "Kernel panic - not syncing" in l), default=len(lines) - most)
+        shown = lines[max(0, at - before) :][:most]
+        return "serial log from the panic:\n" + "\n".join("  " + l for l in shown)
+
     def _read_new(self) -> str:
         with open(self.serial_log, "rb") as f:
             f.seek(self._pos)
@@ -149,7 +156,7 @@ class Guest:
                     while "end Kernel panic" not in self._log_text and time.monotonic() < end:
                         time.sleep(0.1)
                         self._read_new()
-                    raise GuestError("the guest kernel panicked", detail=self.serial_tail(40))
+                    raise GuestError("the guest kernel panicked", detail=self.panic_tail())
             if self.proc.poll() is not None:
                 self._read_new()
                 stderr = (self.rundir / "qemu.stderr").read_text(errors="replace").strip()
