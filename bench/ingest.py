@@ -1,6 +1,6 @@
 """Ingest speed and memory, on demand (never in tests).
 
-    python bench/ingest.py [--trace /tmp/lab/restart-6.1/trace.txt] [--events 1000000] [--workdir DIR]
+    python bench/ingest.py [--trace TRACE.txt] [--events 1000000] [--workdir DIR]
 
 Builds a text capture of at least --events events by repeating a real lab capture with shifted
 timestamps, and a perfetto trace of the same events encoded with the perfetto package's protos;
@@ -94,12 +94,24 @@ def make_text(src: str, dst: str, min_events: int) -> int:
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--trace", default="/tmp/lab/restart-6.1/trace.txt")
+    ap.add_argument("--trace", default=None, help="a real ftrace text capture (default: a fresh lab run of restart on 6.1)")
     ap.add_argument("--events", type=int, default=1_000_000)
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--trace-dat", default=None, help="a real trace.dat to compare trace-cmd report with")
     a = ap.parse_args()
     wd = a.workdir or tempfile.mkdtemp(prefix="memtrace-bench-")
+    os.makedirs(wd, exist_ok=True)
+    if a.trace is None:
+        a.trace = os.path.join(wd, "lab", "trace.txt")
+        if not os.path.exists(a.trace):
+            from pathlib import Path
+
+            from memtrace.lab.run import run
+
+            print("making a real capture: lab run restart on 6.1 (about 30 s)", file=sys.stderr)
+            run("restart", "6.1", Path(wd) / "lab", vmcore=False, force=True)
+    elif not os.path.exists(a.trace):
+        sys.exit(f"bench/ingest.py: {a.trace}: no such file")
     txt = os.path.join(wd, "bench.txt")
     pft = os.path.join(wd, "bench.pftrace")
     t = time.perf_counter()
