@@ -1308,6 +1308,22 @@ def _take_col(chunks, key, fill, n, dtype):
     return out
 
 
+
+def _gather(chunks, col, n, dtype):
+    """One column's (values, null mask) over all chunks; each chunk's part is released."""
+    vals = np.zeros(n, dtype)
+    mask = np.ones(n, bool)
+    o = 0
+    for ch in chunks:
+        k = ch["n"]
+        v = ch.get(col)
+        if v is not None:
+            vals[o : o + k] = v[0]
+            mask[o : o + k] = ~v[1]
+            ch[col] = None
+        o += k
+    return vals, mask
+
 def _assemble_chunks(p: _TextParser, n: int) -> pd.DataFrame:
     chunks = p.chunks
     data: dict[str, object] = {}
@@ -1334,29 +1350,10 @@ def _assemble_chunks(p: _TextParser, n: int) -> pd.DataFrame:
             if not present:
                 data[col] = pd.Series(pd.arrays.IntegerArray(np.zeros(n, _NUM_DTYPES[c.dtype]), np.ones(n, bool)), copy=False)
                 continue
-            vals = np.zeros(n, _NUM_DTYPES[c.dtype])
-            mask = np.ones(n, bool)
-            o = 0
-            for ch in chunks:
-                k = ch["n"]
-                v = ch.get(col)
-                if v is not None:
-                    vals[o : o + k] = v[0]
-                    mask[o : o + k] = ~v[1]
-                    ch[col] = None
-                o += k
+            vals, mask = _gather(chunks, col, n, _NUM_DTYPES[c.dtype])
             data[col] = pd.Series(pd.arrays.IntegerArray(vals, mask), copy=False)
         elif c.dtype == "boolean":
-            vals = np.zeros(n, bool)
-            mask = np.ones(n, bool)
-            o = 0
-            for ch in chunks:
-                k = ch["n"]
-                v = ch.get(col)
-                if v is not None:
-                    vals[o : o + k] = v[0]
-                    mask[o : o + k] = ~v[1]
-                o += k
+            vals, mask = _gather(chunks, col, n, bool)
             data[col] = pd.Series(pd.arrays.BooleanArray(vals, mask), copy=False)
         elif c.dtype == "string":
             if not present:
