@@ -28,6 +28,10 @@ class MemtraceError(Exception):
         #: extra lines (e.g. a serial log tail) printed after the one-line error
         self.detail = detail
 
+    def __str__(self) -> str:
+        # the CLI prints message and detail itself; elsewhere (a test's report) show both
+        return self.message if not self.detail else f"{self.message}\n{self.detail}"
+
 
 class InputError(MemtraceError):
     """Bad input: unknown name, unreadable or malformed file."""

@@ -181,7 +181,11 @@ def test_inferred_map_alloc_percpu_uncharged(each):
     # chunk) are charged and at once uncharged by pcpu_memcg_post_alloc_hook: reported
     # uncharged, and not evidence either way
     np_values = a[(a["name"] == "pcpu_hash_np") & (a["role"] == "value")]
-    assert len(np_values) == 500
+    np_id = int(s.maps.loc[s.maps["name"] == "pcpu_hash_np", "map_id"].iloc[0])
+    elements = s.allocations[(s.allocations["map_id"] == np_id) & (s.allocations["role"] == "element")]
+    # one value per live element; the fill asks for 500, but a GFP_NOWAIT per-CPU
+    # allocation can fail under TCG (seen on 6.12: 499 elements, memlock 168 B lower)
+    assert len(np_values) == len(elements) and len(elements) >= 490
     assert np_values[~np_values["has_vec"]]["objcg"].isna().all()
     a = a[a["has_vec"]]
     at_create = a[a["role"].isin(["map_locked", "elem_count", "extra_elems"]) | (a["role"] == "value") & (a["flags"] & 1 == 0)]
