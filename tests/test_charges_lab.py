@@ -269,9 +269,13 @@ def test_force_charge_is_in_the_capture(captures, kernel):
     assert int(lim["memory_current_bytes"]) == limit  # the step starts exactly at the limit
     over = int(now["memory_current_bytes"]) - limit
     assert over > 0
-    # the pages above the limit are the forced ones (nothing else charged or uncharged genf)
-    assert row["charged_pages"] == 0 and row["uncharged_pages"] == 0
-    assert row["forced_pages"] * PAGE_SIZE == over
+    # the pages above the limit are the forced ones, net of what else moved genf's counter
+    # in the step: usually nothing, but a stock drain or deferred free can return a page
+    # (seen once on 6.12: one page uncharged), which then lets one normal charge through
+    moved = row["charged_pages"] + row["forced_pages"] - row["uncharged_pages"]
+    assert moved * PAGE_SIZE == over
+    assert row["charged_pages"] <= row["uncharged_pages"]
+    assert row["forced_pages"] * PAGE_SIZE >= over
     assert row["force_charges"] == len(f)
     # one memory.events max per forcing try_charge_memcg call; each force follows failed tries
     assert int(now["events_local_max"]) - int(lim["events_local_max"]) == row["force_charges"]
