@@ -137,6 +137,8 @@ def inputs(kernel: Kernel) -> dict:
         "executable": sys.executable,
         "packages": {n: d.version for n, d in closure().items()},
         "memtrace_tree": _tree_hash(package_dir()),
+        # files sit at their host paths: the same tree in another checkout is another image
+        "memtrace_dir": str(package_dir()),
         "kernel_release": kernel.release,
         "vmlinux_build_id": kernel.build_id,
         "vmlinux": str(kernel.vmlinux),
