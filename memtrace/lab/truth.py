@@ -28,8 +28,7 @@ import json
 from pathlib import Path
 
 from memtrace.errors import InputError
-
-SCHEMA = "memtrace.lab.truth/1"
+from memtrace.tables.lab_truth import TRUTH_SCHEMA as SCHEMA
 
 
 def _kv(text: str) -> dict[str, int]:
