@@ -61,26 +61,25 @@ def _varint(data, pos):
             raise ValueError("varint too long")
 
 
-def iter_packet_bytes(data, st: IngestStats, where: str):
-    """Yield each TracePacket's bytes from a serialized Trace; count damage in `st`."""
+def _split_packets(pb, n):
+    """Spans of the Trace's packets, and (offset, cut) of the damage that ends it, if any."""
+    pkts = []
     pos = 0
-    n = len(data)
     while pos < n:
         try:
-            key, p2 = _varint(data, pos)
+            key, p2 = _varint(pb, pos)
             field, wire = key >> 3, key & 7
             if wire == 2:
-                ln, p3 = _varint(data, p2)
+                ln, p3 = _varint(pb, p2)
                 if p3 + ln > n:
-                    st.truncated = True
-                    st.malformed += 1
-                    st.warn(f"{where}: cut inside a packet at byte {pos} of {n}; kept the packets before it")
-                    return
+                    return pkts, (pos, True)
                 if field == 1:
-                    yield data[p3 : p3 + ln]
+                    pkts.append((p3, p3 + ln))
                 pos = p3 + ln
             elif wire == 0:
-                _, pos = _varint(data, p2)
+                _, pos = _varint(pb, p2)
+                if pos > n:
+                    raise IndexError
             elif wire == 1:
                 pos = p2 + 8
             elif wire == 5:
@@ -88,10 +87,30 @@ def iter_packet_bytes(data, st: IngestStats, where: str):
             else:
                 raise ValueError(f"wire type {wire}")
         except (IndexError, ValueError):
-            st.truncated = True
-            st.malformed += 1
-            st.warn(f"{where}: undecodable bytes at offset {pos} of {n}; kept the packets before it")
-            return
+            return pkts, (pos, False)
+    return pkts, None
+
+
+def _report_damage(st: IngestStats, where: str, n: int, damage) -> None:
+    """Count and report the damage that ended a packet stream (from `_split_packets`)."""
+    if damage is None:
+        return
+    pos, cut = damage
+    st.truncated = True
+    st.malformed += 1
+    if cut:
+        st.warn(f"{where}: cut inside a packet at byte {pos} of {n}; kept the packets before it")
+    else:
+        st.warn(f"{where}: undecodable bytes at offset {pos} of {n}; kept the packets before it")
+
+
+def iter_packet_bytes(data, st: IngestStats, where: str):
+    """Yield each TracePacket's bytes from a serialized Trace; count damage in `st`."""
+    n = len(data)
+    pkts, damage = _split_packets(data, n)
+    for s, e in pkts:
+        yield data[s:e]
+    _report_damage(st, where, n, damage)
 
 
 class _Builder:
@@ -745,36 +764,6 @@ def _py_field(pb, pos, end):
     return field, wire, v, p
 
 
-def _split_packets(pb, n):
-    """Spans of the Trace's packets, and (offset, cut) of the damage that ends it, if any."""
-    pkts = []
-    pos = 0
-    while pos < n:
-        try:
-            key, p2 = _varint(pb, pos)
-            field, wire = key >> 3, key & 7
-            if wire == 2:
-                ln, p3 = _varint(pb, p2)
-                if p3 + ln > n:
-                    return pkts, (pos, True)
-                if field == 1:
-                    pkts.append((p3, p3 + ln))
-                pos = p3 + ln
-            elif wire == 0:
-                _, pos = _varint(pb, p2)
-                if pos > n:
-                    raise IndexError
-            elif wire == 1:
-                pos = p2 + 8
-            elif wire == 5:
-                pos = p2 + 4
-            else:
-                raise ValueError(f"wire type {wire}")
-        except (IndexError, ValueError):
-            return pkts, (pos, False)
-    return pkts, None
-
-
 def _hexcols(v):
     """uint64 → (m×16 ASCII hex digits, most significant first; digit count, at least 1)"""
     m = len(v)
@@ -906,14 +895,7 @@ class _FastReader(_Reader):
             self.oc.ensure(self.next_ord + upper)
         for i, j in wins:
             self._window(pb, arr, U, pkts[i:j], kind[i:j], B_all, depth)
-        if damage is not None:
-            pos, cut = damage
-            st.truncated = True
-            st.malformed += 1
-            if cut:
-                st.warn(f"{where}: cut inside a packet at byte {pos} of {n}; kept the packets before it")
-            else:
-                st.warn(f"{where}: undecodable bytes at offset {pos} of {n}; kept the packets before it")
+        _report_damage(st, where, n, damage)
 
     def _window(self, pb, arr, U, pkts, kind, B_all, depth):
         st = self.st
