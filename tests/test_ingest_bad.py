@@ -162,22 +162,36 @@ def _x_cpu(bi, bd):
         bd.cpu = 1 << 31
 
 
-@pytest.mark.parametrize("extra, dropped", [(_x_generic, 3), (_x_bytes, 1), (_x_order, 1), (_x_ts, 1), (_x_cpu, 6)])
-def test_perfetto_numbers_that_do_not_fit(tmp_path, extra, dropped):
+@pytest.mark.parametrize("extra, dropped, nulled",
+                         [(_x_generic, 0, 3), (_x_bytes, 0, 1), (_x_order, 0, 1), (_x_ts, 1, 0), (_x_cpu, 6, 0)])
+def test_perfetto_numbers_that_do_not_fit(tmp_path, extra, dropped, nulled):
+    """An event whose ts, pid or cpu does not fit is dropped as malformed (it has no place in
+    time); a field value that does not fit its column is left null and the event kept, as the
+    text formats do. Both are counted and reported."""
     raw = _bundles(extra)
     df, st = same_perfetto(raw)
-    assert st.malformed == dropped
-    assert any("dropped as malformed" in w for w in st.warnings)
+    assert (st.malformed, st.values_out_of_range) == (dropped, nulled)
+    assert any("dropped as malformed" in w for w in st.warnings or []) == bool(dropped)
+    assert any("left null, events kept" in w for w in st.warnings or []) == bool(nulled)
     f = tmp_path / "t.pftrace"
     f.write_bytes(raw)
     rc, s, _ = ingest(f)
-    assert rc == 0 and s["ingest"]["malformed"] == dropped
-    if extra is _x_order:  # order 100 is kept, but 2^100 pages fit no column
+    assert rc == 0 and (s["ingest"]["malformed"], s["ingest"]["values_out_of_range"]) == (dropped, nulled)
+    if extra is _x_order:  # order 100 is kept, but 2^100 pages fit no column; 2^31 fits no order
         r = df[df["order"] == 100]
         assert len(r) == 1 and r["pages"].isna().all() and r["bytes"].isna().all()
+        r = df[df["ts_ns"] == 7]
+        assert len(r) == 1 and r["order"].isna().all() and r["pfn"].notna().all()
+    if extra is _x_bytes:
+        r = df[df["ts_ns"] == 7]
+        assert r["event"].tolist() == ["kmem:kmalloc"] and r["bytes"].isna().all() and r["bytes_req"].notna().all()
     if extra is _x_generic:
         r = df[df["ts_ns"] == 53]
         assert r["bytes_req"].tolist() == [(1 << 63) - 1] and r["ptr"].tolist() == [(1 << 64) - 1]
+        r = df.set_index("ts_ns")
+        assert pd.isna(r.at[50, "bytes_req"]) and f"size={1 << 63}" in r.at[50, "args"]
+        assert pd.isna(r.at[51, "map_id"]) and r.at[51, "bytes_req"] == 12 and "map_id=-1" in r.at[51, "args"]
+        assert f"order={1 << 40}" in r.at[52, "args"]
 
 
 def test_perfetto_names_not_utf8():

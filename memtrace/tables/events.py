@@ -175,6 +175,9 @@ class IngestStats:
     unknown_event_names: dict[str, int] | None = None
     #: lines / packets / events that could not be decoded and were dropped
     malformed: int = 0
+    #: field values that do not fit their column (a size >= 2^63, an order >= 2^31, ...): the
+    #: field is left null and the event kept (its raw text stays in `args` where the format has it)
+    values_out_of_range: int = 0
     #: events the kernel or the recorder says it dropped (ring-buffer overruns, LOST lines)
     lost_events: int = 0
     #: places where loss is flagged without a count (perfetto `lost_events: true` bundles)
@@ -198,6 +201,7 @@ class IngestStats:
             "unknown_events": self.unknown_events,
             "unknown_event_names": dict(sorted((self.unknown_event_names or {}).items())),
             "malformed": self.malformed,
+            "values_out_of_range": self.values_out_of_range,
             "lost_events": self.lost_events,
             "lost_event_flags": self.lost_event_flags,
             "truncated": self.truncated,

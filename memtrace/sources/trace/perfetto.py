@@ -124,8 +124,8 @@ class _Builder:
         self.pid: list[int] = []
         self.event: list[str] = []
         self.cols: dict[str, dict[int, object]] = {}
-        #: rows found malformed after they were added (a field that does not fit its column)
-        self.dropped: set[int] = set()
+        #: field values that do not fit their column: left null, the event kept
+        self.values_out_of_range = 0
         #: text fields that were not UTF-8 (decoded with replacement characters)
         self.bad_text = 0
 
@@ -138,23 +138,6 @@ class _Builder:
                 self.bad_text += 1
                 return v.decode("utf-8", "replace")
         return v
-
-    def drop(self, row):
-        self.dropped.add(row)
-
-    def compact(self) -> int:
-        """Remove the dropped rows, renumbering the rest in order; how many went."""
-        k = len(self.dropped)
-        if not k:
-            return 0
-        keep = np.ones(len(self.ts), bool)
-        keep[np.fromiter(self.dropped, np.int64, k)] = False
-        new = np.cumsum(keep) - 1
-        for name in self._ROW_LISTS:
-            setattr(self, name, [x for x, kp in zip(getattr(self, name), keep.tolist()) if kp])
-        self.cols = {c: {int(new[r]): v for r, v in d.items() if keep[r]} for c, d in self.cols.items()}
-        self.dropped = set()
-        return k
 
     def add(self, ts, cpu, pid, event) -> int:
         self.ts.append(ts)
@@ -186,7 +169,8 @@ _COLS_FOR: dict[str, dict[str, str]] = {}  # columns_for, per event name
 
 def _route(b: _Builder, row: int, event: str, known: bool, fields: list[tuple[str, object]]):
     """Put named field values into columns, the rest into args. A number that does not fit its
-    column (UInt64 columns take any value mod 2^64) makes the row malformed: `b.drop(row)`."""
+    column (UInt64 columns take any value mod 2^64) is left null there, kept as `key=value` in args,
+    and counted in `b.values_out_of_range`: the event stays, as in the text formats."""
     mapping = (_COLS_FOR.get(event) or _COLS_FOR.setdefault(event, columns_for(event))) if known else {}
     rest = []
     used = set()
@@ -211,8 +195,9 @@ def _route(b: _Builder, row: int, event: str, known: bool, fields: list[tuple[st
                 else:
                     lo, hi = _RANGE[COLUMNS[col].dtype]
                     if not lo <= v < hi:
-                        b.drop(row)
-                        return
+                        b.values_out_of_range += 1
+                        rest.append(f"{k}={v}")
+                        continue
                 b.set(col, row, v)
             elif col == "accounted":
                 v = b.text(v)
@@ -244,7 +229,7 @@ class _Reader:
         self.stats_end: dict[int, tuple[int, int, int]] = {}
         self.typed: dict[str, tuple[list[int], list]] = {}  # oneof name -> (rows, messages)
         self.fe_fields = pb2.FtraceEvent.DESCRIPTOR.fields_by_name
-        #: events dropped as malformed because a number does not fit its column
+        #: events dropped as malformed because ts, pid or cpu does not fit its column
         self.out_of_range = 0
 
     def _out_of_range(self):
@@ -377,21 +362,26 @@ class _Reader:
     # --- per-type column extraction --------------------------------------------------------
     def finish(self) -> pd.DataFrame:
         self.typed_columns()
-        self._compact()
         return self.frame()
 
-    def _compact(self):
-        """Rows dropped while their columns were made: malformed."""
-        k = self.b.compact()
-        self.st.malformed += k
-        self.out_of_range += k
+    def _fitting(self, col, rows, values, top):
+        """Set `col` where the value is below `top`; the rest stay null and are counted."""
+        if values and max(values) >= top:
+            ok = [(r, v) for r, v in zip(rows, values) if v < top]
+            self.b.values_out_of_range += len(rows) - len(ok)
+            rows, values = [r for r, _ in ok], [v for _, v in ok]
+        self.b.set_many(col, rows, values)
 
     def report(self, path: str):
         """Warnings for what was dropped or decoded lossily (same in both paths)."""
         st = self.st
         if self.out_of_range:
-            st.warn(f"{path}: {self.out_of_range} event(s) dropped as malformed: a number does not fit its column "
-                    "(pid or cpu >= 2^31, timestamp or size >= 2^63, order >= 2^31, ...)")
+            st.warn(f"{path}: {self.out_of_range} event(s) dropped as malformed: pid or cpu >= 2^31, "
+                    "or timestamp >= 2^63 ns")
+        st.values_out_of_range += self.b.values_out_of_range
+        if self.b.values_out_of_range:
+            st.warn(f"{path}: {self.b.values_out_of_range} field value(s) do not fit their column "
+                    "(size >= 2^63, order >= 2^31, ...): left null, events kept")
         if self.b.bad_text:
             st.warn(f"{path}: {self.b.bad_text} text field(s) not UTF-8; decoded with replacement characters")
 
@@ -406,12 +396,8 @@ class _Reader:
                 ev = f"kmem:{which}"
                 ba = [m.bytes_alloc for m in msgs]
                 br = [m.bytes_req for m in msgs]
-                if max(ba) >= _I63 or max(br) >= _I63:  # uint64 sizes the Int64 columns cannot hold
-                    for r, x, y in zip(rows, ba, br):
-                        if x >= _I63 or y >= _I63:
-                            b.drop(r)
-                b.set_many("bytes", rows, ba)
-                b.set_many("bytes_req", rows, br)
+                self._fitting("bytes", rows, ba, _I63)  # uint64 sizes: the Int64 columns hold < 2^63
+                self._fitting("bytes_req", rows, br, _I63)
                 b.set_many("call_site", rows, [f"0x{m.call_site:x}" for m in msgs])
                 b.set_many("gfp", rows, [m.gfp_flags for m in msgs])
                 b.set_many("ptr", rows, [m.ptr for m in msgs])
@@ -478,14 +464,8 @@ class _Reader:
         self.typed = {}
 
     def _orders(self, rows, msgs):
-        """order (uint32) into the Int32 column; larger ones make their rows malformed."""
-        b = self.b
-        od = [m.order for m in msgs]
-        if max(od) >= _I31:
-            for r, x in zip(rows, od):
-                if x >= _I31:
-                    b.drop(r)
-        b.set_many("order", rows, od)
+        """order (uint32) into the Int32 column; larger ones are left null (counted)."""
+        self._fitting("order", rows, [m.order for m in msgs], _I31)
 
     def frame(self) -> pd.DataFrame:
         """The builder's rows as the event table, sorted by time."""
@@ -1268,8 +1248,6 @@ def _finish_fast(self: _FastReader) -> pd.DataFrame:
     """The event table from the builder's rows (object path) and the column store (numpy), by ordinal."""
     self.typed_columns()
     b = self.b
-    dropped = np.array([b.ords[r] for r in b.dropped], np.int64)  # their ordinals stay unused
-    self._compact()
     oc = self.oc
     if not oc.rows:
         return self.frame()  # no busy-type rows: builder order is ordinal order
@@ -1283,11 +1261,6 @@ def _finish_fast(self: _FastReader) -> pd.DataFrame:
     ts = oc.a["ts_ns"][:n]
     perm = None if n < 2 or bool((ts[1:] >= ts[:-1]).all()) else np.argsort(ts, kind="stable")
     del ts
-    if dropped.size:  # rows are the ordinals in time order but these
-        keep = np.ones(n, bool)
-        keep[dropped] = False
-        perm = np.flatnonzero(keep) if perm is None else perm[keep[perm]]
-        del keep
     m_out = n if perm is None else len(perm)  # rows
 
     def valid_of(col):
