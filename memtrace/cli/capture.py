@@ -22,9 +22,19 @@ def capture_cmd(
     defs: Optional[List[Path]] = typer.Option(None, "--defs", help="Probe definition TOML files (default: probes/*.toml)."),
     no_instance: bool = typer.Option(False, "--no-instance", help="Record in the top-level buffer instead of a tracefs instance."),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
+    allow_partial: bool = typer.Option(
+        False, "--allow-partial",
+        help="Exit 0 even when the capture is incomplete (probes skipped or refused, tracepoints not enabled, "
+        "events lost, probe hits missed); the warnings and counts are reported all the same.",
+    ),
 ) -> None:
     """Install memtrace's kprobes (for the running kernel), enable its tracepoints, record,
-    and remove everything it created on any exit. Needs root and a mounted tracefs."""
+    and remove everything it created on any exit. Needs root and a mounted tracefs.
+
+    The file is written whenever recording ran. Exit 5 when it is incomplete: a probe
+    skipped or refused, a tracepoint not enabled, events lost (ring buffer) or probe hits
+    missed (kprobe_profile: a kretprobe's maxactive exhausted); --allow-partial makes that 0.
+    Exit 3 when cleanup failed (something this capture created is still defined)."""
     from memtrace.sources.kernel.target import find_tracefs, live_target
     from memtrace.sources.trace import capture, probedefs
 
@@ -45,17 +55,36 @@ def capture_cmd(
         err.print(f"memtrace: warning: tracepoint {f['event']} not enabled: {f['error']}", markup=False)
     for c in res.cleanup_errors:
         err.print(f"memtrace: error: cleanup: {c}", markup=False)
+    for t in res.tracepoints_missing:
+        err.print(f"memtrace: warning: tracepoint {t} does not exist on this kernel", markup=False)
     if res.lost_total:
         err.print(f"memtrace: warning: {res.lost_total} events lost (ring buffer overrun); use --buffer-kb", markup=False)
+    if res.misses_total:
+        err.print(
+            f"memtrace: warning: {res.misses_total} probe hits missed, no event recorded "
+            f"(kprobe_profile: {', '.join(f'{e}={n}' for e, n in res.misses.items())}); for a kretprobe "
+            "this means all its maxactive instances were in use",
+            markup=False,
+        )
+    if res.probe_profile_error:
+        err.print(f"memtrace: warning: probe misses unknown: {res.probe_profile_error}", markup=False)
     err.print(
         f"wrote {res.path}: {res.bytes_written:,} bytes in {res.duration_s:.1f} s; "
         f"{len(res.probes_installed)} probes, {len(res.tracepoints_enabled)} tracepoints, "
-        f"{len(res.probes_failed)} probes failed, {len(ps.skipped)} skipped, {res.lost_total} events lost",
+        f"{len(res.probes_failed)} probes failed, {len(ps.skipped)} skipped, {res.lost_total} events lost, "
+        f"{res.misses_total} probe hits missed",
         markup=False,
     )
+    reasons = res.incomplete_reasons
     if json_out:
         d = res.as_dict()
-        d["probes_skipped"] = [{"probe": p.event, "reason": p.skipped} for p in ps.skipped]
+        d["allow_partial"] = allow_partial
         out.print_json(json.dumps(d))
     if res.cleanup_errors:
         raise typer.Exit(3)
+    if reasons:
+        if allow_partial:
+            err.print(f"memtrace: warning: capture incomplete (accepted by --allow-partial): {'; '.join(reasons)}", markup=False)
+        else:
+            err.print(f"memtrace: error: capture incomplete: {'; '.join(reasons)} (the file is written; --allow-partial accepts it)", markup=False)
+            raise typer.Exit(5)

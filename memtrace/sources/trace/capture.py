@@ -8,12 +8,21 @@ again on every exit path (normal end, signal, error, exception), and one it did 
 is never touched. A probe the kernel refuses is counted and reported; the others go on.
 
 Lost events are read from ``per_cpu/cpuN/stats`` (``overrun``, ``dropped events``) at the
-end and reported; the output header carries them too.
+end and reported; the output header carries them too. So are the probes' *misses*, from
+tracefs ``kprobe_profile`` (read before the probes are removed): a kretprobe whose
+``maxactive`` instances are all in use when its function is entered, or a kprobe hit while
+another kprobe handler runs on that CPU, records no event and only counts a miss.
+
+A capture is *incomplete* when anything it was asked to record is not in the file: a probe
+skipped (the kernel cannot trace its function) or refused, a tracepoint that would not
+enable (or a required one the kernel lacks), events lost in the ring buffer, probe misses.
+:attr:`CaptureResult.incomplete_reasons` names each; the CLI exits 5 on them.
 """
 
 from __future__ import annotations
 
 import errno
+import json
 import os
 import select
 import signal
@@ -27,6 +36,10 @@ from memtrace.errors import EnvironmentProblem, InputError, MemtraceError
 from memtrace.sources.trace.probedefs import Probe, ProbeSet
 
 CAPTURE_SCHEMA = "memtrace.capture/1"
+
+#: the header line that carries the capture's summary as one JSON object (see
+#: :func:`read_capture_header`); the other header lines say the same for people
+SUMMARY_PREFIX = "# memtrace capture summary: "
 
 
 class CaptureInterrupted(MemtraceError):
@@ -49,10 +62,66 @@ class CaptureResult:
     lost_events: dict[str, dict[str, int]] = field(default_factory=dict)
     cleanup_errors: list[str] = field(default_factory=list)
     bytes_written: int = 0
+    #: probes the target kernel cannot take (from generation): [{"probe", "reason"}]
+    probes_skipped: list[dict] = field(default_factory=list)
+    #: tracepoints of a required (non-optional) group the kernel does not have
+    tracepoints_missing: list[str] = field(default_factory=list)
+    #: per installed probe (group/name): {"hits": n, "misses": m} from kprobe_profile
+    probe_profile: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: why the misses could not be read (None: read, or no probe was installed)
+    probe_profile_error: str | None = None
 
     @property
     def lost_total(self) -> int:
         return sum(v.get("overrun", 0) + v.get("dropped events", 0) for v in self.lost_events.values())
+
+    @property
+    def misses(self) -> dict[str, int]:
+        """Probes that missed hits: {group/name: misses}, nonzero only."""
+        return {ev: v["misses"] for ev, v in self.probe_profile.items() if v.get("misses")}
+
+    @property
+    def misses_total(self) -> int:
+        return sum(self.misses.values())
+
+    @property
+    def incomplete_reasons(self) -> list[str]:
+        """What the file lacks of what was asked for, one short phrase each ([] = complete).
+        An interrupted capture (Ctrl-C, SIGTERM) is not incomplete: that is how one ends."""
+        r = []
+        if self.probes_skipped:
+            r.append(f"{len(self.probes_skipped)} probe(s) skipped for this kernel ({_names(p['probe'] for p in self.probes_skipped)})")
+        if self.probes_failed:
+            r.append(f"{len(self.probes_failed)} probe(s) refused ({_names(p['probe'] for p in self.probes_failed)})")
+        if self.tracepoints_failed:
+            r.append(f"{len(self.tracepoints_failed)} tracepoint(s) not enabled ({_names(t['event'] for t in self.tracepoints_failed)})")
+        if self.tracepoints_missing:
+            r.append(f"{len(self.tracepoints_missing)} tracepoint(s) missing from the kernel ({_names(self.tracepoints_missing)})")
+        if self.lost_total:
+            r.append(f"{self.lost_total} event(s) lost (ring buffer overrun; raise --buffer-kb)")
+        if self.misses_total:
+            r.append(f"{self.misses_total} probe hit(s) missed ({_names(f'{e}={n}' for e, n in self.misses.items())})")
+        if self.probe_profile_error:
+            r.append(f"probe misses unknown ({self.probe_profile_error})")
+        return r
+
+    def summary(self) -> dict:
+        """The header's JSON line: what ingest needs to know about the capture."""
+        return {
+            "schema": CAPTURE_SCHEMA,
+            "probes_installed": self.probes_installed,
+            "probes_failed": [f["probe"] for f in self.probes_failed],
+            "probes_skipped": [p["probe"] for p in self.probes_skipped],
+            "tracepoints_enabled": self.tracepoints_enabled,
+            "tracepoints_failed": [t["event"] for t in self.tracepoints_failed],
+            "tracepoints_missing": self.tracepoints_missing,
+            "lost_events_total": self.lost_total,
+            "probe_misses_total": self.misses_total,
+            "probe_misses": self.misses,
+            "probe_profile_error": self.probe_profile_error,
+            "interrupted": self.interrupted,
+            "incomplete": bool(self.incomplete_reasons),
+        }
 
     def as_dict(self) -> dict:
         return {
@@ -67,9 +136,78 @@ class CaptureResult:
             "probes_failed": self.probes_failed,
             "lost_events_total": self.lost_total,
             "lost_events": self.lost_events,
+            "probes_skipped": self.probes_skipped,
+            "tracepoints_missing": self.tracepoints_missing,
+            "probe_misses_total": self.misses_total,
+            "probe_misses": self.misses,
+            "probe_profile": self.probe_profile,
+            "probe_profile_error": self.probe_profile_error,
+            "incomplete": bool(self.incomplete_reasons),
+            "incomplete_reasons": self.incomplete_reasons,
             "cleanup_errors": self.cleanup_errors,
             "bytes_written": self.bytes_written,
         }
+
+
+def _names(items, limit: int = 4) -> str:
+    items = list(items)
+    return ", ".join(items[:limit]) + (f", +{len(items) - limit} more" if len(items) > limit else "")
+
+
+# -- kprobe_profile --------------------------------------------------------------------------
+
+
+def parse_kprobe_profile(text: str) -> list[tuple[str, int, int]]:
+    """tracefs ``kprobe_profile`` -> [(event name, hits, misses)] in the file's order.
+
+    Each line is ``seq_printf("  %-44s %15lu %15lu\\n", name, nhit, nmissed)`` on 6.1 and
+    6.12 alike (kernel/trace/trace_kprobe.c probes_profile_seq_show): the event name
+    *without* its group, then hits, then misses (for a kretprobe: the entry kprobe's misses
+    plus the kretprobe's, i.e. maxactive exhausted)."""
+    out = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
+            out.append((parts[0], int(parts[1]), int(parts[2])))
+    return out
+
+
+def _defined_kprobes(text: str) -> list[str]:
+    """group/name of each kprobe in ``kprobe_events`` text, in order (``p:g/n f ...``, ``r64:g/n ...``)."""
+    out = []
+    for line in text.splitlines():
+        parts = line.split()
+        if parts and parts[0][:1] in ("p", "r") and ":" in parts[0]:
+            ev = parts[0].split(":", 1)[1]
+            out.append(ev if "/" in ev else f"kprobes/{ev}")
+    return out
+
+
+def match_kprobe_profile(profile_text: str, events: list[str], kprobe_events_text: str | None = None
+                         ) -> tuple[dict[str, dict[str, int]], list[str]]:
+    """Hits and misses of ``events`` (group/name) from ``kprobe_profile``.
+
+    The profile names events without their group. Both files list the kprobes in the same
+    (creation) order, so with ``kprobe_events`` at hand the two are zipped line by line and
+    every name checked; else (or if they disagree) a name is matched only where it is
+    unique. Returns ({event: {"hits", "misses"}}, [events that could not be matched])."""
+    rows = parse_kprobe_profile(profile_text)
+    found: dict[str, dict[str, int]] = {}
+    if kprobe_events_text is not None:
+        defs = _defined_kprobes(kprobe_events_text)
+        if len(defs) == len(rows) and all(d.split("/", 1)[1] == r[0] for d, r in zip(defs, rows)):
+            for d, (_, hits, misses) in zip(defs, rows):
+                if d in events:
+                    found[d] = {"hits": hits, "misses": misses}
+            return found, [e for e in events if e not in found]
+    by_name: dict[str, list[tuple[int, int]]] = {}
+    for name, hits, misses in rows:
+        by_name.setdefault(name, []).append((hits, misses))
+    for ev in events:
+        got = by_name.get(ev.split("/", 1)[-1], [])
+        if len(got) == 1:
+            found[ev] = {"hits": got[0][0], "misses": got[0][1]}
+    return found, [e for e in events if e not in found]
 
 
 class _TraceFS:
@@ -152,10 +290,13 @@ class Capture:
             except ValueError:  # not the main thread: the caller handles signals
                 pass
         res = CaptureResult(None, time.time_ns(), 0.0, False, None)
+        res.probes_skipped = [{"probe": p.event, "reason": p.skipped} for p in self.probes.skipped]
+        res.tracepoints_missing = list(getattr(self.probes, "tracepoints_missing_required", []))
         tmp_body = None
         try:
             self._setup(res)
             tmp_body = self._record(res)
+            self._read_profile(res)
             self._finish_output(res, tmp_body)
         finally:
             self._cleanup(res)
@@ -331,6 +472,29 @@ class Capture:
             out[d.name] = kv
         return out
 
+    def _read_profile(self, res: CaptureResult) -> None:
+        """Hits and misses of the probes this capture installed, before they are removed."""
+        ours = [p for p in res.probes_installed]
+        if not ours:
+            return
+        t = self.t
+        if not t.exists("kprobe_profile"):
+            res.probe_profile_error = f"{t.root}/kprobe_profile does not exist"
+            return
+        left = ours
+        for _ in range(3):  # another tool adding or removing a kprobe between the two reads
+            try:
+                defs = t.read("kprobe_events") if t.exists("kprobe_events") else None
+                prof = t.read("kprobe_profile")
+            except OSError as e:
+                res.probe_profile_error = f"kprobe_profile: {e.strerror or e}"
+                return
+            found, left = match_kprobe_profile(prof, ours, defs)
+            res.probe_profile = found
+            if not left:
+                return
+        res.probe_profile_error = f"not in kprobe_profile or ambiguous: {_names(left)}"
+
     def _finish_output(self, res: CaptureResult, body: Path) -> None:
         """Header + body into a temp file beside the output, then rename (atomic)."""
         ps = self.probes
@@ -341,8 +505,14 @@ class Capture:
             f"# probes installed: {' '.join(res.probes_installed) or '-'}",
             f"# probes failed: {' '.join(f['probe'] for f in res.probes_failed) or '-'}",
             f"# tracepoints: {' '.join(res.tracepoints_enabled) or '-'}",
+            f"# probes skipped: {' '.join(p['probe'] for p in res.probes_skipped) or '-'}",
             f"# lost events (overrun + dropped): {res.lost_total}",
+            f"# probe misses (kretprobe maxactive exhausted, or a kprobe hit while another ran): {res.misses_total}"
+            + (f" ({' '.join(f'{e}={n}' for e, n in res.misses.items())})" if res.misses else "")
+            + (f"; unknown: {res.probe_profile_error}" if res.probe_profile_error else ""),
             f"# interrupted: {'yes' if res.interrupted else 'no'}; clock: boot if available",
+            f"# complete: {'no: ' + '; '.join(res.incomplete_reasons) if res.incomplete_reasons else 'yes'}",
+            SUMMARY_PREFIX + json.dumps(res.summary(), separators=(",", ":"), sort_keys=True),
             "#",
             "#           TASK-PID     CPU#  |||||  TIMESTAMP  FUNCTION",
             "#              | |         |   |||||     |         |",
@@ -410,3 +580,84 @@ class Capture:
             return signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
         except (ValueError, OSError):
             return None
+
+
+# -- reading a capture's header back (for ingest) ------------------------------------------------
+
+_HEADER_MAX_LINES = 64
+_OLD_LOST = "# lost events (overrun + dropped): "
+_OLD_INSTALLED = "# probes installed: "
+
+
+def read_capture_header(source) -> dict | None:
+    """The summary a ``memtrace capture`` file carries in its header comment, or None when
+    the file is not one. ``source``: a path, or the file's first bytes.
+
+    Reads the JSON line (:data:`SUMMARY_PREFIX`); a capture written before it existed gives
+    what its plain lines hold (probes installed, lost events). Only the leading ``#`` lines
+    are looked at, so an event body can never be mistaken for a header."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        head = bytes(source[: 1 << 16])
+    else:
+        try:
+            with open(source, "rb") as f:
+                head = f.read(1 << 16)
+        except OSError:
+            return None
+    lines = head.decode("utf-8", "replace").splitlines()[:_HEADER_MAX_LINES]
+    if not any(l.startswith("# memtrace capture (") for l in lines[:4]):
+        return None
+    out: dict = {}
+    for line in lines:
+        if not line.startswith("#"):
+            break
+        if line.startswith(SUMMARY_PREFIX):
+            try:
+                d = json.loads(line[len(SUMMARY_PREFIX):])
+            except ValueError:
+                continue
+            if isinstance(d, dict):
+                return d
+        elif line.startswith(_OLD_LOST) and line[len(_OLD_LOST):].strip().isdigit():
+            out["lost_events_total"] = int(line[len(_OLD_LOST):].strip())
+        elif line.startswith(_OLD_INSTALLED):
+            out["probes_installed"] = [w for w in line[len(_OLD_INSTALLED):].split() if w != "-"]
+    return out or None
+
+
+def capture_kprobe_groups(summary: dict) -> dict[str, str]:
+    """{event name: group} for the probes a capture installed (trace lines name events
+    without their group)."""
+    out = {}
+    for ev in summary.get("probes_installed") or []:
+        if isinstance(ev, str) and "/" in ev:
+            g, n = ev.split("/", 1)
+            out[n] = g
+    return out
+
+
+def apply_capture_summary(st, summary: dict) -> None:
+    """Carry a capture header's counts into ingest stats (``IngestStats``).
+
+    lost_events: the header's count comes from the kernel's per-CPU ``overrun`` and
+    ``dropped events``; the body's ``CPU:N [LOST n EVENTS]`` lines count the same overruns
+    as the reader met them, so the larger of the two is kept (never their sum).
+    probe_misses: hits the kernel counted but recorded no event for (kprobe_profile), set
+    where the stats have the field; each kind of loss is also a warning."""
+    lost = summary.get("lost_events_total")
+    if isinstance(lost, int) and lost > st.lost_events:
+        st.lost_events = lost
+    misses = summary.get("probe_misses_total")
+    misses = misses if isinstance(misses, int) else 0
+    if hasattr(st, "probe_misses"):
+        st.probe_misses = misses
+    per = summary.get("probe_misses") or {}
+    if misses:
+        st.warn(f"the capture's probes missed {misses} hits (no event recorded): "
+                + ", ".join(f"{e}={n}" for e, n in sorted(per.items())))
+    if summary.get("probe_profile_error"):
+        st.warn(f"the capture could not count its probes' misses: {summary['probe_profile_error']}")
+    for key, what in (("probes_failed", "refused by the kernel"), ("probes_skipped", "skipped for the kernel"),
+                      ("tracepoints_failed", "not enabled"), ("tracepoints_missing", "missing from the kernel")):
+        if summary.get(key):
+            st.warn(f"the capture has no events of {', '.join(summary[key])}: {what}")

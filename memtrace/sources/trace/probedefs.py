@@ -325,6 +325,13 @@ class ProbeSet:
     tracepoints: list[str]
     tracepoints_missing: list[str]
     definitions: list[str]
+    #: tracepoints of groups marked optional (absent on many kernels: not a loss)
+    optional_tracepoints: set[str] = field(default_factory=set)
+
+    @property
+    def tracepoints_missing_required(self) -> list[str]:
+        """Missing tracepoints of groups not marked optional: a capture without them is incomplete."""
+        return [t for t in self.tracepoints_missing if t not in self.optional_tracepoints]
 
     @property
     def installable(self) -> list[Probe]:
@@ -360,6 +367,10 @@ def generate(target: KernelTarget, defs: Definitions | None = None, *, include_a
              only: list[str] | None = None) -> ProbeSet:
     """Probes for ``target``: the first supported attach point of each definition."""
     defs = defs or load_definitions()
+    if only is not None:
+        unknown = sorted(set(only) - {d.name for d in defs.probes})
+        if unknown:
+            raise InputError(f"no probe named {', '.join(unknown)} (probes: {', '.join(d.name for d in defs.probes)})")
     out = []
     for d in defs.probes:
         if only is not None:
@@ -368,16 +379,18 @@ def generate(target: KernelTarget, defs: Definitions | None = None, *, include_a
         elif not d.default and not include_all:
             continue
         out.append(_generate_one(target, d))
-    tps, missing = [], []
+    tps, missing, optional = [], [], set()
     for g in defs.tracepoints:
         for ev in g.events:
+            if g.optional:
+                optional.add(ev)
             system, _, event = ev.partition(":")
             have = target.has_tracepoint(system, event)
             if have is False:
                 missing.append(ev)
             else:
                 tps.append(ev)
-    return ProbeSet(target, out, tps, missing, defs.files)
+    return ProbeSet(target, out, tps, missing, defs.files, optional)
 
 
 def _generate_one(target: KernelTarget, d: ProbeDef) -> Probe:
