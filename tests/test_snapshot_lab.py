@@ -19,28 +19,35 @@ import pytest
 
 pytestmark = pytest.mark.lab
 
-EACH = Path(__file__).parent / "scenarios" / "snapshot_each.sh"
-_each_runs: dict[str, Path] = {}
+SCENARIOS = Path(__file__).parent / "scenarios"
+_test_runs: dict[tuple[str, str], Path] = {}
 
 
 @pytest.fixture(scope="session")
 def each_root(tmp_path_factory):
-    return tmp_path_factory.mktemp("snapshot-each")
+    return tmp_path_factory.mktemp("snapshot-test-scenarios")
+
+
+def _test_run(name: str, kernel: str, root: Path) -> Path:
+    """A run (with vmcore) of tests/scenarios/NAME.sh, made once per session or reused
+    from MEMTRACE_LAB_RUNS/NAME-KERNEL."""
+    key = (name, kernel)
+    if key in _test_runs:
+        return _test_runs[key]
+    reuse = os.environ.get("MEMTRACE_LAB_RUNS")
+    if reuse and (Path(reuse) / f"{name}-{kernel}" / "vmcore").exists():
+        _test_runs[key] = Path(reuse) / f"{name}-{kernel}"
+        return _test_runs[key]
+    from memtrace.lab.run import run
+
+    out = root / f"{name}-{kernel}"
+    run(str(SCENARIOS / f"{name}.sh"), kernel, out, force=True)
+    _test_runs[key] = out
+    return out
 
 
 def _each(kernel: str, root: Path) -> Path:
-    if kernel in _each_runs:
-        return _each_runs[kernel]
-    reuse = os.environ.get("MEMTRACE_LAB_RUNS")
-    if reuse and (Path(reuse) / f"snapshot_each-{kernel}" / "vmcore").exists():
-        _each_runs[kernel] = Path(reuse) / f"snapshot_each-{kernel}"
-        return _each_runs[kernel]
-    from memtrace.lab.run import run
-
-    out = root / f"snapshot_each-{kernel}"
-    run(str(EACH), kernel, out, force=True)
-    _each_runs[kernel] = out
-    return out
+    return _test_run("snapshot_each", kernel, root)
 
 
 _snaps: dict[Path, tuple] = {}
@@ -201,7 +208,7 @@ def test_qmp_equals_vmcore(kernel, tmp_path):
     from memtrace.lab.run import run
     from memtrace.sources.snapshot import open_target, take_snapshot
 
-    res = run(str(EACH), kernel, tmp_path / "run", keep_running=True, force=True)
+    res = run(str(SCENARIOS / "snapshot_each.sh"), kernel, tmp_path / "run", keep_running=True, force=True)
     try:
         meta = res.meta
         vmlinux = Path(meta["kernel"]["vmlinux"])
@@ -246,3 +253,37 @@ def test_cli_vmcore_json_and_mismatched_vmlinux(each):
         app, ["snapshot", "--vmcore", str(each / "vmcore"), "--vmlinux", str(k.vmlinux)], standalone_mode=False
     )
     assert isinstance(r.exception, InputError) and "does not match" in r.exception.message
+
+
+def test_dying_memcg_keeps_original_cgroup(kernel, each_root):
+    """tests/scenarios/dying.sh: gen1's maps are reparented to /pod while gen1's memcg stays
+    dying (its tmpfs pages hold it). The dying memcg is listed with its frozen counter; on
+    6.12 its orig_objcg names the maps' original cgroup, on 6.1 nothing can. Run through
+    the CLI with a deadline: a dying memcg's stale objcg_list once made the walk loop forever."""
+    import subprocess
+    import sys
+
+    run_dir = _test_run("dying", kernel, each_root)
+    meta = json.loads((run_dir / "meta.json").read_text())
+    p = subprocess.run([sys.executable, "-m", "memtrace", "snapshot", "--vmcore", str(run_dir / "vmcore"),
+                        "--vmlinux", meta["kernel"]["vmlinux"], "--json"], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    env = json.loads(p.stdout)
+    steps = {st["name"]: st for st in _truth(run_dir)["steps"]}
+    made, last = steps["gen1-made"]["cgroups"], steps["rmdir-gen1"]["cgroups"]
+    gen1_id, pod_id = made["/pod/gen1"]["id"], last["/pod"]["id"]
+    assert "/pod/gen1" not in last and last["/pod"]["cgroup.stat"]["nr_dying_descendants"] == 1
+    assert last["/pod"]["memory.stat"]["shmem"] == 256 * 4096
+    maps = {m["name"]: m for m in env["maps"]}
+    assert set(maps) == {"dy_hash", "dy_array"}
+    original = gen1_id if kernel == "6.12" else None  # orig_objcg: 6.7+
+    for m in maps.values():
+        assert (m["owner_state"], m["owner_path"], m["owner_cgroup_id"]) == ("reparented", "/pod", pod_id)
+        assert m["original_cgroup_id"] == original
+        assert m["original_path"] == ("/pod/gen1" if original else None)
+    g = {r["path"]: r for r in env["memcgs"]}["/pod/gen1"]
+    assert (g["cgroup_id"], g["online"], g["dying"], g["state"]) == (gen1_id, False, True, "dying")
+    # the dying memcg's page_counter keeps what was charged to it: uncharges of its reparented
+    # objcg now go to /pod, and nothing charges an offline memcg
+    assert g["memory_current_bytes"] == made["/pod/gen1"]["memory.current"]
+    assert (g["orig_objcg"] is not None) == (kernel == "6.12")

@@ -123,15 +123,27 @@ def memcg_orig_objcg(memcg: Object) -> Object | None:
 
 def memcg_objcgs_for_each(memcg: Object) -> Iterator[Object]:
     """Every objcg that charges this memcg: its own plus the reparented ones on
-    ``objcg_list``."""
+    ``objcg_list``. An offline memcg has none: ``memcg_reparent_objcgs`` (5.9-7.0, at
+    offline) moves its list to the parent with ``list_splice``, not ``list_splice_init``,
+    so the dying memcg's head still points into the parent's list and a walk from it
+    never comes back to it (seen on 6.1 and 6.12 with a dying memcg kept by tmpfs pages).
+    7.1 keeps the objcgs per node (``nodeinfo[nid]``); this reads the 5.9-7.0 fields."""
     own = memcg_objcg(memcg)
     if own is not None and own.value_():
         yield own
+    if not memcg.css.flags.value_() & CSS_ONLINE:
+        return
     try:
         head = memcg.objcg_list.address_of_()
     except AttributeError:
         return
-    yield from list_for_each_entry("struct obj_cgroup", head, "list")
+    seen = set()
+    for o in list_for_each_entry("struct obj_cgroup", head, "list"):
+        a = o.value_()
+        if a in seen:  # a list changing under a live walk
+            raise ValueError(f"objcg_list of memcg 0x{memcg.value_():x} does not come back to its head")
+        seen.add(a)
+        yield o
 
 
 @dataclass
