@@ -85,6 +85,11 @@ def run_cmd(
     timeout: float = typer.Option(900, "--timeout", help="Seconds the scenario may take before the guest is ended."),
     force: bool = typer.Option(False, "--force", help="Replace a non-empty --out folder."),
     json_out: bool = typer.Option(False, "--json", help="Print the run's meta.json instead of a summary."),
+    recorder: str = typer.Option(
+        "tracefs", "--recorder",
+        help="tracefs: trace.txt (tracefs text). trace-cmd: also trace.dat, recorded in the same run by the host's "
+        "trace-cmd (copied into the guest) in a tracefs instance of its own, same events and clock.",
+    ),
     live_snapshot: bool = typer.Option(
         False, "--live-snapshot",
         help="After the last step, run 'memtrace snapshot --live' inside the guest (builds a cached Python disk image once; "
@@ -116,6 +121,7 @@ def run_cmd(
         force=force,
         progress=_say,
         live_snapshot=live_snapshot,
+        recorder=recorder,
     )
     if json_out:
         out.print_json(json.dumps(res.meta))

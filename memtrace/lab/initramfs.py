@@ -1,6 +1,7 @@
 """Build the lab guest's initramfs from the host's Debian packages.
 
-Contents: busybox-static with its applet links, bpftool and the libraries ``ldd`` lists,
+Contents: busybox-static with its applet links, bpftool (and, for the trace-cmd recorder,
+trace-cmd) with the libraries ``ldd`` lists,
 the static ``mapctl`` helper compiled from ``guest/mapctl.c``, the kernel's fw_cfg and
 virtio modules, ``/init``, and the run's ``/memtrace`` folder (scenario, library, event
 list, optional kprobe_events). Written as a gzip'd cpio "newc" archive.
@@ -27,7 +28,16 @@ HOST_TOOLS = {
     "busybox": ("/bin/busybox", "busybox-static"),
     "bpftool": ("/usr/sbin/bpftool", "bpftool"),
     "gcc": ("gcc", "gcc"),
+    "trace-cmd": ("/usr/bin/trace-cmd", "trace-cmd"),
 }
+
+#: Recorders a lab run can use. "tracefs" (always on): the guest saves tracefs' `trace`
+#: text as trace.txt. "trace-cmd": also the host's trace-cmd (with its shared libraries)
+#: runs `trace-cmd record` in a tracefs instance of its own beside it, giving trace.dat.
+RECORDERS = ("tracefs", "trace-cmd")
+#: The tracefs instance trace-cmd records in (the top-level buffer stays trace.txt's; a
+#: consuming trace-cmd read of it would empty trace.txt).
+TRACE_CMD_INSTANCE = "memtrace-tc"
 
 #: Tracepoints recorded over every lab run (those the kernel lacks are skipped and the
 #: list of enabled ones lands in events-enabled.txt).
@@ -75,6 +85,14 @@ def build_mapctl() -> Path:
         raise EnvironmentProblem(f"gcc could not build mapctl (need gcc and libc6-dev): {first}")
     os.replace(tmp_out, out)
     return out
+
+
+def trace_cmd_events() -> list[str]:
+    """The tracepoints `memtrace probes --format trace-cmd` records (probes/*.toml, as
+    system:event, optional ones included: the guest keeps those its kernel has)."""
+    from memtrace.sources.trace.probedefs import load_definitions
+
+    return list(dict.fromkeys(ev for g in load_definitions().tracepoints for ev in g.events))
 
 
 def _ldd(binary: str) -> list[str]:
@@ -139,10 +157,13 @@ def build(
     kprobe_events: str | None = None,
     events: tuple[str, ...] = TRACE_EVENTS,
     extra: dict[str, bytes] | None = None,
+    recorder: str = "tracefs",
 ) -> Path:
     """Write the initramfs for one run to ``dest`` (gzip'd cpio) and return it.
 
     ``extra``: more files, by path in the guest (e.g. memtrace/live.sh for a live snapshot).
+    ``recorder``: "trace-cmd" adds /usr/bin/trace-cmd, its libraries and the tracepoint list
+    `memtrace probes --format trace-cmd` records (memtrace/trace-cmd.events); see RECORDERS.
     """
     busybox = _which("busybox")
     bpftool = _which("bpftool")
@@ -155,12 +176,24 @@ def build(
     for applet in applets:
         if applet != "bin/busybox":
             c.symlink(applet, "/bin/busybox")
-    c.file("usr/sbin/bpftool", Path(bpftool).read_bytes(), 0o755)
-    for lib in _ldd(bpftool):
-        c.file(lib, Path(lib).read_bytes(), 0o755)
-        real = os.path.realpath(lib)
-        if real != lib:
-            c.file(real, Path(real).read_bytes(), 0o755)
+    libs: set[str] = set()
+
+    def dynamic(binary: str, guest_path: str) -> None:
+        """A dynamically linked host program plus its library closure (ldd: the libraries
+        and the dynamic loader), each library once, at its host path and its real path."""
+        c.file(guest_path, Path(binary).read_bytes(), 0o755)
+        for lib in _ldd(binary):
+            for path in dict.fromkeys((lib, os.path.realpath(lib))):
+                if path not in libs:
+                    libs.add(path)
+                    c.file(path, Path(path).read_bytes(), 0o755)
+
+    dynamic(bpftool, "usr/sbin/bpftool")
+    if recorder == "trace-cmd":
+        dynamic(_which("trace-cmd"), "usr/bin/trace-cmd")
+        c.file("memtrace/trace-cmd.events", ("\n".join(trace_cmd_events()) + "\n").encode())
+    elif recorder != "tracefs":
+        raise ValueError(f"recorder {recorder!r} not one of {RECORDERS}")
     c.file("bin/mapctl", mapctl.read_bytes(), 0o755)
     for mod in kernel.module_load_order():
         c.file(f"lib/modules/{mod}", (kernel.modules_dir / mod).read_bytes())

@@ -5,6 +5,9 @@ Output folder (written as ``<out>.partial-*`` and renamed into place only when c
     meta.json      kernel release, vmlinux path and build id, steps with timestamps, timings
     truth.json     the kernel's own counters after every step (see memtrace.lab.truth)
     trace.txt      ftrace text of kmem, percpu, cgroup (vmalloc on 6.12) events over the run
+    trace.dat      recorder="trace-cmd" only: `trace-cmd record` of the same run (its own
+                   tracefs instance, same clock; the events of `memtrace probes --format
+                   trace-cmd`), with trace-cmd.log (its output and per-CPU statistics)
     serial.log     the guest console
     scenario.log   the scenario's stdout and stderr
     vmcore         ELF core of the guest at the end (QMP dump-guest-memory); not with --no-vmcore
@@ -82,13 +85,18 @@ def run(
     force: bool = False,
     progress=None,
     live_snapshot: bool = False,
+    recorder: str = "tracefs",
 ) -> RunResult:
     """Run ``scenario`` on the lab kernel ``kernel_series``; write results to ``out``.
 
     ``live_snapshot``: after the last step, run ``memtrace snapshot --live`` inside the guest
     (memtrace.lab.pyroot); its output lands in ``out`` as live-snapshot.json, live.snapshot.
+    ``recorder``: "tracefs" (trace.txt only) or "trace-cmd" (trace.txt and, from the same
+    run, trace.dat recorded by the host's trace-cmd inside the guest; needs Debian's trace-cmd).
     """
     say = progress or (lambda msg: None)
+    if recorder not in initramfs.RECORDERS:
+        raise InputError(f"unknown recorder {recorder!r}: choose one of {', '.join(initramfs.RECORDERS)}")
     name, script = load_scenario(scenario)
     kernels.series_of(kernel_series)
     out = Path(out)
@@ -98,6 +106,8 @@ def run(
     from memtrace.lab.qemu import qemu_binary
 
     qemu_binary()  # fail before the download if QEMU is missing
+    if recorder == "trace-cmd":
+        initramfs._which("trace-cmd")  # likewise for trace-cmd
     kernel = kernels.fetch(kernel_series, progress=say)
     extra, qemu_args = None, ()
     if live_snapshot:
@@ -113,7 +123,8 @@ def run(
     rundir = Path(tempfile.mkdtemp(prefix="memtrace-guest-"))
     detached = False
     try:
-        initrd = initramfs.build(kernel, script, rundir / "initrd.gz", kprobe_events=kprobe_events, extra=extra)
+        initrd = initramfs.build(kernel, script, rundir / "initrd.gz", kprobe_events=kprobe_events, extra=extra,
+                                 recorder=recorder)
         disk = rundir / "out.img"
         with open(disk, "wb") as f:
             f.truncate(OUT_DISK_BYTES)
@@ -166,6 +177,15 @@ def run(
             (work / "truth.json").write_text(json.dumps(truth, indent=1) + "\n")
             os.replace(g / "trace.txt", work / "trace.txt")
             os.replace(g / "scenario.log", work / "scenario.log")
+            if recorder == "trace-cmd":
+                for f in ("trace.dat", "trace-cmd.log"):
+                    if (g / f).exists():
+                        os.replace(g / f, work / f)
+                if not (work / "trace.dat").exists():
+                    log = (work / "trace-cmd.log").read_text(errors="replace").splitlines()[-15:] \
+                        if (work / "trace-cmd.log").exists() else ["(no trace-cmd.log)"]
+                    raise GuestError("trace-cmd record wrote no trace.dat in the guest",
+                                     detail="trace-cmd log tail:\n" + "\n".join("  " + l for l in log))
             meta = {
                 "schema": META_SCHEMA,
                 "scenario": name,
@@ -180,7 +200,7 @@ def run(
                 "guest": {"cpus": cpus, "memory_mb": memory_mb, "accel": "tcg", "qemu_args": guest.args},
                 "steps": steps,
                 "timings": timings,
-                "trace": _trace_meta(g),
+                "trace": _trace_meta(g, work),
                 "files": sorted(p.name for p in work.iterdir() if p.name != "guest") + ["meta.json"],
             }
             if live_snapshot:
@@ -212,7 +232,38 @@ def _collect_disk(disk: Path, dest: Path) -> None:
         raise GuestError(f"the guest wrote no readable results to its output disk: {e}") from None
 
 
-def _trace_meta(g: Path) -> dict:
+def _trace_cmd_meta(g: Path, work: Path) -> dict | None:
+    """What the trace-cmd recorder did: its command, exit status, per-CPU statistics."""
+    if not (g / "trace-cmd.cmd").exists():
+        return None
+    log = (work / "trace-cmd.log").read_text(errors="replace") if (work / "trace-cmd.log").exists() else ""
+    rc = (g / "trace-cmd.rc").read_text().strip() if (g / "trace-cmd.rc").exists() else ""
+    stats: dict[str, dict] = {}
+    cpu = None
+    for line in log.splitlines():
+        k, _, v = line.partition(":")
+        k, v = k.strip(), v.strip()
+        if k == "CPU" and v.isdigit():
+            cpu = f"cpu{v}"
+            stats[cpu] = {}
+        elif cpu is not None and v:
+            try:
+                stats[cpu][k] = float(v.split()[0]) if "." in v.split()[0] else int(v.split()[0])
+            except ValueError:
+                pass
+    cmd = (g / "trace-cmd.cmd").read_text().strip()
+    toks = cmd.split()
+    return {
+        "command": cmd,
+        "events": [toks[i + 1] for i, t in enumerate(toks[:-1]) if t == "-e"],
+        "exit_status": int(rc) if rc.lstrip("-").isdigit() else None,
+        "trace_dat": (work / "trace.dat").exists(),
+        "per_cpu_stats": stats,
+        "overruns": sum(int(s.get("overrun", 0)) for s in stats.values()),
+    }
+
+
+def _trace_meta(g: Path, work: Path | None = None) -> dict:
     stats = {}
     sdir = g / "trace-stats"
     if sdir.is_dir():
@@ -238,4 +289,5 @@ def _trace_meta(g: Path) -> dict:
         "kprobe_events_installed": (g / "kprobe_events.installed").read_text().splitlines()
         if (g / "kprobe_events.installed").exists()
         else [],
+        **({"trace_cmd": tc} if work is not None and (tc := _trace_cmd_meta(g, work)) else {}),
     }

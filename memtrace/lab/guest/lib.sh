@@ -16,6 +16,8 @@
 CG=/sys/fs/cgroup
 BPFFS=/sys/fs/bpf
 TRACEFS=/sys/kernel/tracing
+# the tracefs instance `trace-cmd record` writes trace.dat from (memtrace.lab.initramfs)
+MT_TC_INSTANCE=memtrace-tc
 MT_NCPU=$(grep -c '^processor' /proc/cpuinfo)
 MT_STEP=0
 
@@ -126,6 +128,8 @@ step() {
 	_d="/out/steps/$_n-$1"
 	mkdir -p "$_d"
 	echo "memtrace_step $_n $1" > "$TRACEFS/trace_marker"
+	_tcm="$TRACEFS/instances/$MT_TC_INSTANCE/trace_marker"
+	[ ! -e "$_tcm" ] || echo "memtrace_step $_n $1" > "$_tcm" || true
 	cat /proc/uptime > "$_d/uptime"
 	mt_record "$_d"
 	echo "MEMTRACE-STEP $_n $1" > /dev/console
@@ -168,6 +172,57 @@ mt_trace_stop() {
 		_cpu=$((_cpu + 1))
 	done
 	cat "$TRACEFS/kprobe_events" > /out/kprobe_events.installed 2> /dev/null
+}
+
+# trace-cmd recorder (lab run --recorder trace-cmd): `trace-cmd record` in a tracefs instance
+# of its own, beside the top-level buffer that becomes trace.txt, of the events
+# `memtrace probes --format trace-cmd` lists: the probes/*.toml tracepoints this kernel has
+# and every kprobe event mt_trace_start installed. Same clock (boot). Step markers go to
+# both buffers (step). Writes /out/trace.dat, trace-cmd.log, trace-cmd.cmd.
+mt_tracecmd_start() {
+	[ -x /usr/bin/trace-cmd ] && [ -f /memtrace/trace-cmd.events ] || return 0
+	_args=""
+	while read -r _e; do
+		case "$_e" in '' | '#'*) continue ;; esac
+		[ -d "$TRACEFS/events/${_e%%:*}/${_e#*:}" ] && _args="$_args -e $_e"
+	done < /memtrace/trace-cmd.events
+	for _e in $(sed -n 's/^[pr][0-9]*:\([^ ]*\) .*/\1/p' "$TRACEFS/kprobe_events"); do
+		case "$_e" in */*) ;; *) _e="kprobes/$_e" ;; esac
+		_args="$_args -e ${_e%%/*}:${_e#*/}"
+	done
+	echo "trace-cmd record -B $MT_TC_INSTANCE -C boot -b ${MT_TC_BUFFER_KB:-16384} -o /out/trace.dat$_args" > /out/trace-cmd.cmd
+	(cd /tmp && exec trace-cmd record -B "$MT_TC_INSTANCE" -C boot -b "${MT_TC_BUFFER_KB:-16384}" \
+		-o /out/trace.dat $_args) > /out/trace-cmd.log 2>&1 &
+	MT_TC_PID=$!
+	# Recording once the instance is on with a per-CPU file for every CPU (trace-cmd turns
+	# the new instance off, sets it up, starts one reader per CPU, then turns it on; its
+	# "Hit Ctrl^C" line is stdio-buffered, so the log shows nothing until it exits).
+	_n=0
+	while :; do
+		_files=$(ls /out/trace.dat.$MT_TC_INSTANCE.cpu* 2> /dev/null | wc -l)
+		[ "$(cat "$TRACEFS/instances/$MT_TC_INSTANCE/tracing_on" 2> /dev/null)" = 1 ] && [ "$_files" -ge "$MT_NCPU" ] && break
+		if [ "$_n" -ge 600 ] || ! kill -0 "$MT_TC_PID" 2> /dev/null; then
+			echo "MEMTRACE-ERROR trace-cmd record did not start" > /dev/console
+			kill -INT "$MT_TC_PID" 2> /dev/null
+			wait "$MT_TC_PID"
+			echo "$?" > /out/trace-cmd.rc
+			MT_TC_PID=""
+			return 0
+		fi
+		sleep 0.1
+		_n=$((_n + 1))
+	done
+	echo "trace-cmd recording after $((_n / 10)).$((_n % 10)) s" >> /out/trace-cmd.started
+}
+
+# SIGINT: trace-cmd stops its readers, merges the per-CPU files into trace.dat, prints
+# per-CPU statistics and removes its instance (it leaves the top-level buffer alone).
+mt_tracecmd_stop() {
+	[ -n "$MT_TC_PID" ] || return 0
+	kill -INT "$MT_TC_PID"
+	wait "$MT_TC_PID"
+	echo "$?" > /out/trace-cmd.rc
+	MT_TC_PID=""
 }
 
 # Write /out onto the output disk as a tar (the host reads it after the run).
