@@ -391,3 +391,49 @@ def test_header_of_an_older_capture_still_reads():
     assert h == {"probes_installed": ["memtrace/try_charge", "memtrace/uncharge"], "lost_events_total": 12}
     assert capmod.capture_kprobe_groups(h) == {"try_charge": "memtrace", "uncharge": "memtrace"}
     assert capmod.read_capture_header(b"# tracer: nop\n   sh-1 [000] ..... 1.0: kfree: ptr=0x1\n") is None
+
+
+def test_ingest_carries_the_capture_header(tmp_path):
+    """load_trace of a capture file: the header's probe groups name its kprobe events, its
+    lost events and probe misses reach IngestStats. Needs the header read in
+    ftrace_text.load_ftrace_text (proposed to the ingest owner); skipped until then."""
+    from memtrace.sources.trace import load_trace
+    from memtrace.tables.events import IngestStats
+
+    if not hasattr(IngestStats(), "probe_misses"):
+        pytest.skip("ingest does not read the capture header yet (IngestStats has no probe_misses)")
+    res = capmod.CaptureResult(None, 0, 0.0, False, None)
+    res.probes_installed = ["memtrace/try_charge", "memtrace/try_charge_ret"]
+    res.tracepoints_enabled = ["kmem:kfree"]
+    res.lost_events = {"cpu0": {"overrun": 5, "dropped events": 0}}
+    res.probe_profile = {"memtrace/try_charge": {"hits": 2, "misses": 0}, "memtrace/try_charge_ret": {"hits": 1, "misses": 3}}
+    body = (
+        "CPU:0 [LOST 2 EVENTS]\n"
+        "              sh-77      [000] ..... 10.000001: try_charge: (try_charge_memcg+0x0/0x780) cgid=56 gfp=0xcc0 nr=64\n"
+        "              sh-77      [000] ..... 10.000002: try_charge_ret: (obj_cgroup_charge+0x5a/0x160 <- try_charge_memcg) ret=0\n"
+        "              sh-77      [000] ..... 10.000003: kfree: call_site=x+0x1/0x2 ptr=0xffff888001234560\n"
+    )
+    f = tmp_path / "cap.txt"
+    header = ["# tracer: nop", "#", f"# memtrace capture ({capmod.CAPTURE_SCHEMA}) of test",
+              capmod.SUMMARY_PREFIX + __import__("json").dumps(res.summary()), "#"]
+    f.write_text("\n".join(header) + "\n" + body)
+    ev, st = load_trace(str(f))
+    assert st.malformed == 0
+    assert set(ev["event"].astype(str)) == {"memtrace:try_charge", "memtrace:try_charge_ret", "kmem:kfree"}
+    assert st.lost_events == 5  # the header's 5, not 5 + the body's 2
+    assert st.probe_misses == 3 and st.to_dict()["probe_misses"] == 3
+    assert any("missed 3 hits" in w and "memtrace/try_charge_ret=3" in w for w in st.warnings)
+
+
+def test_maxactive_is_set_on_kretprobe_lines_only(tracefs, tmp_path):
+    assert capmod.with_maxactive("r:memtrace/a f x=$retval:s32", 64) == "r64:memtrace/a f x=$retval:s32"
+    assert capmod.with_maxactive("r10:memtrace/a f", 128) == "r128:memtrace/a f"
+    assert capmod.with_maxactive("p:memtrace/a f", 64) == "p:memtrace/a f"
+    assert capmod.with_maxactive("r:memtrace/a f", None) == "r:memtrace/a f"
+    # through a capture: the line as written to kprobe_events (refused here: no such function)
+    t = live_target(tracefs)
+    ret = probedefs.Probe(name="mt_ret", group="memtrace", kind="kretprobe", function="memtrace_no_such_function",
+                          form="numeric", line="r:memtrace/mt_ret memtrace_no_such_function ret=$retval:s32")
+    ps = probedefs.ProbeSet(t, [ret], ["kmem:kmalloc"], [], [])
+    res = Capture(tracefs, ps, tmp_path / "m.txt", duration=0.1, buffer_kb=256, maxactive=64).run()
+    assert [f["line"] for f in res.probes_failed] == ["r64:memtrace/mt_ret memtrace_no_such_function ret=$retval:s32"]

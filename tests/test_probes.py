@@ -201,8 +201,9 @@ def test_cli_probes_json():
 
 # -- real kernels ----------------------------------------------------------------------------
 
-#: probes the probes.sh scenario does not reach (local storage needs a BPF program or an
-#: sk_storage map, which the guest's mapctl cannot create); they must still install
+#: probes the probes.sh scenario does not reach: only local-storage maps allocate through
+#: bpf_map_kzalloc / bpf_map_kvcalloc. They must still install here; they fire, with the
+#: map's id and its creator's memcg, in tests/test_localstorage_lab.py (mapctl's sk_storage map)
 NOT_EXERCISED = {"map_kzalloc", "map_kvcalloc"}
 
 

@@ -22,6 +22,11 @@ def capture_cmd(
     defs: Optional[List[Path]] = typer.Option(None, "--defs", help="Probe definition TOML files (default: probes/*.toml)."),
     no_instance: bool = typer.Option(False, "--no-instance", help="Record in the top-level buffer instead of a tracefs instance."),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
+    maxactive: Optional[int] = typer.Option(
+        None, "--maxactive", min=1, max=4096,
+        help="Instances per kretprobe: calls that may be in flight at once before returns are missed "
+        "(default: the kernel's, max(10, 2 x CPUs)). Raise it when the capture reports missed hits of a *_ret probe.",
+    ),
     allow_partial: bool = typer.Option(
         False, "--allow-partial",
         help="Exit 0 even when the capture is incomplete (probes skipped or refused, tracepoints not enabled, "
@@ -46,7 +51,7 @@ def capture_cmd(
         err.print(f"memtrace: skipped probe {p.event}: {p.skipped}", markup=False)
     cap = capture.Capture(
         root, ps, output, duration=duration, buffer_kb=buffer_kb, use_instance=not no_instance,
-        progress=lambda m: err.print(f"capture: {m}", markup=False),
+        progress=lambda m: err.print(f"capture: {m}", markup=False), maxactive=maxactive,
     )
     res = cap.run()
     for f in res.probes_failed:
@@ -63,7 +68,8 @@ def capture_cmd(
         err.print(
             f"memtrace: warning: {res.misses_total} probe hits missed, no event recorded "
             f"(kprobe_profile: {', '.join(f'{e}={n}' for e, n in res.misses.items())}); for a kretprobe "
-            "this means all its maxactive instances were in use",
+            "this means all its maxactive instances were in use (raise --maxactive), for a kprobe that it "
+            "hit while another probe's handler ran on that CPU",
             markup=False,
         )
     if res.probe_profile_error:

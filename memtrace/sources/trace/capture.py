@@ -149,6 +149,22 @@ class CaptureResult:
         }
 
 
+#: tracefs refuses more (kernel/trace/trace_kprobe.c KRETPROBE_MAXACTIVE_MAX)
+MAXACTIVE_MAX = 4096
+
+
+def with_maxactive(line: str, maxactive: int | None) -> str:
+    """A kretprobe line with ``maxactive`` instances (``r:g/n f`` -> ``r64:g/n f``): how many
+    calls of the function may be in flight at once before a return is missed. None keeps
+    the kernel's default, max(10, 2 x possible CPUs) on 6.1 and 6.12."""
+    if maxactive is None or not line.startswith("r"):
+        return line
+    head, sep, rest = line.partition(":")
+    if not sep or not (head == "r" or head[1:].isdigit()):
+        return line
+    return f"r{maxactive}:{rest}"
+
+
 def _names(items, limit: int = 4) -> str:
     items = list(items)
     return ", ".join(items[:limit]) + (f", +{len(items) - limit} more" if len(items) > limit else "")
@@ -251,6 +267,7 @@ class Capture:
         use_instance: bool = True,
         progress: Callable[[str], None] | None = None,
         stop_after: Callable[[], bool] | None = None,
+        maxactive: int | None = None,
     ):
         self.t = _TraceFS(Path(tracefs))
         self.probes = probes
@@ -260,6 +277,7 @@ class Capture:
         self.use_instance = use_instance
         self.say = progress or (lambda m: None)
         self.stop_after = stop_after
+        self.maxactive = maxactive
         self._stop = False
         self._signals = 0
         # what this capture changed, for cleanup
@@ -356,12 +374,13 @@ class Capture:
             if p.event in existing:
                 res.probes_failed.append({"probe": p.event, "line": p.line, "error": "already defined (another capture?); not touched"})
                 continue
+            line = with_maxactive(p.line, self.maxactive) if p.kind == "kretprobe" else p.line
             try:
                 if self._stop:
                     raise OSError(errno.EINTR, "capture interrupted during setup")
-                t.write(self._dyn_file, p.line + "\n", append=True)
+                t.write(self._dyn_file, line + "\n", append=True)
             except OSError as e:
-                res.probes_failed.append({"probe": p.event, "line": p.line, "error": self._kernel_error(e)})
+                res.probes_failed.append({"probe": p.event, "line": line, "error": self._kernel_error(e)})
                 # a partly created event must not survive either
                 if p.event in self._existing_events():
                     self._created.append(p)
