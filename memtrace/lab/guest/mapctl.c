@@ -15,6 +15,16 @@
 //                                      COUNT UDP sockets into a sockhash (GFP_ATOMIC charges
 //                                      to the map's memcg); touches READYFILE, then waits for
 //                                      SIGTERM while holding the sockets
+//   mapctl sk-storage-fill PIN COUNT READYFILE
+//                                      COUNT new UDP sockets, each given an element of the
+//                                      sk_storage map PIN (key = the socket's fd; the kernel
+//                                      allocates it with GFP_ATOMIC, charged to the map's
+//                                      memcg); touches READYFILE, then holds the sockets (and
+//                                      so the elements) until SIGTERM
+//
+// TYPE sk_storage (BPF_MAP_TYPE_SK_STORAGE) needs BTF for its key and value: create loads a
+// minimal BTF blob (int key, value struct { char data[V]; }) with BPF_BTF_LOAD itself. The
+// kernel wants key=4 entries=0 flags=1 (BPF_F_NO_PREALLOC) for it.
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -62,6 +72,7 @@ static const struct {
 	{"sockhash", BPF_MAP_TYPE_SOCKHASH},
 	{"queue", BPF_MAP_TYPE_QUEUE},
 	{"stack", BPF_MAP_TYPE_STACK},
+	{"sk_storage", BPF_MAP_TYPE_SK_STORAGE},
 };
 
 static int map_by_id(uint32_t id);
@@ -177,6 +188,52 @@ static void make_key(const struct bpf_map_info *info, uint32_t i, unsigned char 
 	memcpy(key, &i, info->key_size < 4 ? info->key_size : 4);
 }
 
+// A minimal BTF blob: [1] int (4 bytes, signed), [2] char, [3] char[V], [4] struct
+// mt_value { char data[V]; }. Local-storage maps check that the key is a 32-bit int and
+// that the value type's size is value_size. Returns the BTF fd; the key is type 1, the
+// value type 4.
+#define MT_BTF_KEY 1
+#define MT_BTF_VALUE 4
+static int load_value_btf(uint32_t value_size) {
+	static const char strs[] = "\0int\0char\0mt_value\0data";
+	enum { S_INT = 1, S_CHAR = 5, S_VALUE = 10, S_DATA = 19 };
+	uint32_t types[] = {
+		// [1] INT "int": size 4, encoding SIGNED, offset 0, 32 bits
+		S_INT, 1u << 24, 4, (1u << 24) | 32,
+		// [2] INT "char": size 1, 8 bits
+		S_CHAR, 1u << 24, 1, 8,
+		// [3] ARRAY of [2], index type [1], value_size elements
+		0, 3u << 24, 0, 2, 1, value_size,
+		// [4] STRUCT "mt_value", size value_size, one member "data" of type [3] at bit 0
+		S_VALUE, (4u << 24) | 1, value_size, S_DATA, 3, 0,
+	};
+	struct {
+		uint16_t magic;
+		uint8_t version, flags;
+		uint32_t hdr_len, type_off, type_len, str_off, str_len;
+	} hdr = {0xeB9F, 1, 0, 24, 0, sizeof(types), sizeof(types), sizeof(strs)};
+	static unsigned char blob[sizeof(hdr) + sizeof(types) + sizeof(strs)];
+	memcpy(blob, &hdr, sizeof(hdr));
+	memcpy(blob + sizeof(hdr), types, sizeof(types));
+	memcpy(blob + sizeof(hdr) + sizeof(types), strs, sizeof(strs));
+	static char log[4096];
+	union bpf_attr a;
+	memset(&a, 0, sizeof(a));
+	a.btf = (uint64_t)(unsigned long)blob;
+	a.btf_size = sizeof(blob);
+	a.btf_log_buf = (uint64_t)(unsigned long)log;
+	a.btf_log_size = sizeof(log);
+	a.btf_log_level = 1;
+	int fd = sys_bpf(BPF_BTF_LOAD, &a);
+	if (fd < 0) {
+		for (char *p = log; *p; p++)
+			if (*p == '\n')
+				*p = ' ';
+		die("BPF_BTF_LOAD failed (verifier log: %s)", log);
+	}
+	return fd;
+}
+
 static void cmd_create(int argc, char **argv) {
 	if (argc < 2)
 		die("%s", "usage: create TYPE PIN key=K value=V entries=N [flags=F] [name=S] [inner=PIN]");
@@ -219,6 +276,11 @@ static void cmd_create(int argc, char **argv) {
 	}
 	if (inner_fd >= 0)
 		a.inner_map_fd = inner_fd;
+	if (a.map_type == BPF_MAP_TYPE_SK_STORAGE) {
+		a.btf_fd = load_value_btf(a.value_size);
+		a.btf_key_type_id = MT_BTF_KEY;
+		a.btf_value_type_id = MT_BTF_VALUE;
+	}
 	int fd = sys_bpf(BPF_MAP_CREATE, &a);
 	if (fd < 0)
 		die("cannot create map %s", pin);
@@ -382,6 +444,47 @@ static void cmd_sockhash_fill(int argc, char **argv) {
 		pause();
 }
 
+static void cmd_sk_storage_fill(int argc, char **argv) {
+	if (argc < 3)
+		die("%s", "usage: sk-storage-fill PIN COUNT READYFILE");
+	int fd = obj_get(argv[0]);
+	struct bpf_map_info info = map_info(fd);
+	if (info.type != BPF_MAP_TYPE_SK_STORAGE) {
+		errno = 0;
+		die("%s is not an sk_storage map", argv[0]);
+	}
+	uint32_t count = strtoul(argv[1], 0, 0);
+	struct rlimit rl = {count + 64, count + 64};
+	if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+		die("%s", "setrlimit(RLIMIT_NOFILE)");
+	signal(SIGTERM, on_term);
+	unsigned char *value = calloc(1, info.value_size + 8);
+	uint32_t done = 0, failed = 0;
+	int first_errno = 0;
+	for (uint32_t i = 0; i < count; i++) {
+		int s = socket(AF_INET, SOCK_DGRAM, 0);
+		if (s < 0)
+			die("%s", "socket");
+		for (uint32_t b = 0; b < info.value_size; b++)
+			value[b] = (unsigned char)(i + b);
+		if (update(fd, &s, value, BPF_NOEXIST) < 0) {
+			if (!first_errno)
+				first_errno = errno;
+			failed++;
+			close(s);
+		} else {
+			done++;
+		}
+	}
+	printf("id=%u done=%u failed=%u errno=%d\n", info.id, done, failed, first_errno);
+	fflush(stdout);
+	int r = open(argv[2], O_CREAT | O_WRONLY, 0644);
+	if (r >= 0)
+		close(r);
+	while (!stop)
+		pause();
+}
+
 int main(int argc, char **argv) {
 	if (argc < 2) {
 		fprintf(stderr, "usage: mapctl COMMAND ...\n");
@@ -408,6 +511,8 @@ int main(int argc, char **argv) {
 		cmd_clone(argc, argv);
 	else if (!strcmp(cmd, "sockhash-fill"))
 		cmd_sockhash_fill(argc, argv);
+	else if (!strcmp(cmd, "sk-storage-fill"))
+		cmd_sk_storage_fill(argc, argv);
 	else {
 		fprintf(stderr, "mapctl: unknown command %s\n", cmd);
 		return 2;

@@ -188,7 +188,7 @@ def parse_kprobe_profile(text: str) -> list[tuple[str, int, int]]:
     return out
 
 
-def _defined_kprobes(text: str) -> list[str]:
+def defined_kprobes(text: str) -> list[str]:
     """group/name of each kprobe in ``kprobe_events`` text, in order (``p:g/n f ...``, ``r64:g/n ...``)."""
     out = []
     for line in text.splitlines():
@@ -210,7 +210,7 @@ def match_kprobe_profile(profile_text: str, events: list[str], kprobe_events_tex
     rows = parse_kprobe_profile(profile_text)
     found: dict[str, dict[str, int]] = {}
     if kprobe_events_text is not None:
-        defs = _defined_kprobes(kprobe_events_text)
+        defs = defined_kprobes(kprobe_events_text)
         if len(defs) == len(rows) and all(d.split("/", 1)[1] == r[0] for d, r in zip(defs, rows)):
             for d, (_, hits, misses) in zip(defs, rows):
                 if d in events:
