@@ -190,8 +190,14 @@ def test_complete_capture_exits_0_with_its_summary_in_the_header(tracefs, tmp_pa
     from memtrace.sources.trace import load_trace
 
     out = tmp_path / "ok.txt"
-    r = _cli(tracefs, out, "--defs", str(_defs(tmp_path, ["kmem:kmalloc", "kmem:kfree"], optional=["memtrace_none:x"])),
-             "--json")
+    # a workload, so the 0.3 s hold events even on an idle host
+    load = subprocess.Popen([sys.executable, "-c", "import os\nfor i in range(200000): open('/proc/self/stat').read()"])
+    try:
+        r = _cli(tracefs, out, "--defs", str(_defs(tmp_path, ["kmem:kmalloc", "kmem:kfree"], optional=["memtrace_none:x"])),
+                 "--json")
+    finally:
+        load.kill()
+        load.wait()
     assert r.returncode == 0, r.stderr
     assert "error" not in r.stderr
     d = json.loads(r.stdout)
