@@ -1,18 +1,17 @@
 """ftrace text (tracefs `trace` / `trace_pipe`, and `trace-cmd report` output) → event table.
 
-The parser works on the whole buffer with numpy instead of a regex per line:
+Two parsers with one definition of the output:
 
-1. newline, `:` and `]` positions give, per line, the timestamp colon, the event-name colon and the
-   CPU bracket; the header fields (comm, pid, optional `(tgid)`, CPU, flags, timestamp) are read
-   around them with short vectorised scans;
-2. lines are grouped by event name; each group's field layout (`k1=v1 k2=v2 ...`, maybe after a
-   prefix such as a kprobe's `(func+0x0/0x40)`) is learnt from one line and checked on every line
-   of the group against the positions of `=`; a value runs to the next key, so values with spaces
-   (cgroup paths) are fine;
-3. lines that do not fit (odd header, a value containing `=`, a new layout) go through a plain
-   regex parser, so odd lines cost speed, never correctness;
-4. values become columns straight from byte spans: numbers with vectorised digit loops, strings
-   with one gather per column.
+* the scanner (`_ScanParser`): a small C extension, `_ftrace_scan.c`, reads each line once (header,
+  `key=value` fields, numbers, interned strings, the joined `args`) straight into whole-capture
+  column arrays that become the frame's columns without a copy. A line whose header does not read
+  one way only (a tgid column, a dash and digits inside comm, numbers that do not fit, junk) goes
+  back to Python, to the reference's own header regex, so odd lines cost speed, never
+  correctness. The extension is built by `pip install -e .`; without it text ingest stops with an
+  environment error (exit 3) that says how to rebuild, rather than running many times slower.
+* the reference (`parse_ftrace_text_reference`): a regex per header and per field list, numbers
+  digit by digit in numpy. It defines the output; tests compare the scanner with it on real and
+  generated captures, chunk boundaries, damaged bytes and random lines.
 
 A line that is neither an event, a comment, nor a known non-event line (`CPU:N [LOST n EVENTS]`,
 trace-cmd's `cpus=N`) is counted as malformed and dropped.
@@ -20,6 +19,7 @@ trace-cmd's `cpus=N`) is counted as malformed and dropped.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 
@@ -28,7 +28,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from memtrace.errors import InputError
+from memtrace.errors import EnvironmentProblem, InputError
 from memtrace.tables.events import (
     COLUMNS,
     EVENT_COLUMNS,
@@ -288,6 +288,7 @@ def _derive_pandas(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
+
 # ---------------------------------------------------------------------------------------------
 # Byte-span helpers
 
@@ -342,7 +343,7 @@ def parse_ints(buf: np.ndarray, s: np.ndarray, e: np.ndarray, base: int = 0) -> 
 
 
 # ---------------------------------------------------------------------------------------------
-# The slow path: a regex per line
+# The reference: a regex per line
 
 _HDR_RE = re.compile(
     rb"^\s*(?P<comm>.*?)-(?P<pid>\d+)\s+(?:\(\s*[-\d]*\)\s+)?\[(?P<cpu>\d+)\]\s+(?:[^\s\d][^\s]*\s+)?"
@@ -369,167 +370,31 @@ def _kv_spans(args: bytes, base: int):
 
 
 
-# ---------------------------------------------------------------------------------------------
-# SWAR: eight bytes at any offset of a chunk as one uint64 (`_u64_view`), tested byte-wise with
-# exact carry-free tricks; every flag is bit 7 of its byte.
 
-_u = np.uint64
-
-
-def _rep(b: int) -> np.uint64:
-    return _u(int.from_bytes(bytes([b]) * 8, "little"))
-
-
-_H80 = _rep(0x80)
-_L7F = _rep(0x7F)
-_ZERO = _rep(0x30)
-_SPACE = _rep(0x20)
-_ONE = _u(1)
-_BYTEIDX = _u(0x0001020304050607)
-#: the low k bytes set, k = 0..8
-_LOW = np.array([(1 << (8 * k)) - 1 for k in range(8)] + [(1 << 64) - 1], dtype=np.uint64)
-#: '0' in the low k bytes
-_LOWZERO = _LOW & _ZERO
-_PAD = 16  # zero bytes before a chunk, so 8-byte reads ending at a line start stay inside
-_TAIL = 256  # zero bytes after it, for the header reads of a short last line
-
-
-def _u64_view(pbuf) -> np.ndarray:
-    return np.ndarray(buffer=pbuf, dtype="<u8", shape=(len(pbuf) - 7,), strides=(1,))
-
-
-def _eqf(x, b):
-    y = x ^ _rep(b)
-    return ~(((y & _L7F) + _L7F) | y) & _H80
-
-
-def _ltf(x, b):
-    """bytes < b (b <= 0x80)"""
-    return ~(((x & _L7F) + _rep(0x80 - b)) | x) & _H80
-
-
-def _digf(x):
-    t = x ^ _ZERO
-    return ~(((t & _L7F) + _rep(0x76)) | t) & _H80
-
-
-def _hexf(x):
-    lo = (x | _SPACE) ^ _rep(0x60)
-    return _digf(x) | (_ltf(lo, 7) & ~_eqf(lo, 0))
-
-
-def _first(f):
-    """index of the lowest flagged byte; 8 when none"""
-    lb = f & (~f + _ONE)
-    return np.where(f == 0, 8, ((lb >> _u(7)) * _BYTEIDX) >> _u(56)).astype(np.int64)
-
-
-def _bmask(f):
-    """flag bits → 0xFF bytes"""
-    return (f >> _u(7)) * _u(0xFF)
-
-
-def _dec8(x):
-    """8 ASCII digits, the first in the lowest byte → value"""
-    x = x - _ZERO
-    x = (x * _u(10) + (x >> _u(8))) & _u(0x00FF00FF00FF00FF)
-    x = (x * _u(100) + (x >> _u(16))) & _u(0x0000FFFF0000FFFF)
-    return (x * _u(10000) + (x >> _u(32))) & _u(0xFFFFFFFF)
-
-
-def _hex8(x):
-    v = (x & _rep(0x0F)) + ((x >> _u(6)) & _rep(1)) * _u(9)
-    v = ((v << _u(4)) | (v >> _u(8))) & _u(0x00FF00FF00FF00FF)
-    v = ((v << _u(8)) | (v >> _u(16))) & _u(0x0000FFFF0000FFFF)
-    return ((v << _u(16)) | (v >> _u(32))) & _u(0xFFFFFFFF)
-
-
-def _top(k):
-    """mask of the top k bytes (k = 0..8)"""
-    return ~_LOW[8 - k]
-
-
-def _word_value(lo, hi, mlo, mhi, hex_: bool):
-    flags, conv = (_hexf, _hex8) if hex_ else (_digf, _dec8)
-    ok = (flags(lo) & mlo & _H80) == (mlo & _H80)
-    val = conv((lo & mlo) | (_ZERO & ~mlo))
-    if hi is not None:
-        ok &= (flags(hi) & mhi & _H80) == (mhi & _H80)
-        h = conv((hi & mhi) | (_ZERO & ~mhi))
-        val = val | (h << _u(32)) if hex_ else val + h * _u(100000000)
-    return val, ok
-
-
-def _parse_nums(buf, U, s, e, base) -> tuple[np.ndarray, np.ndarray]:
-    """`parse_ints` with 8-byte reads: same values, same validity."""
-    s0 = s = np.asarray(s, np.int64)
-    e = np.asarray(e, np.int64)
-    n = len(s)
-    if n == 0:
-        return np.zeros(0, np.uint64), np.zeros(0, bool)
-    neg = (s < e) & (buf[s] == 45)
-    s = s + neg
-    hx = (e - s >= 2) & (buf[s] == 48) & ((buf[s + 1] | 0x20) == 120)
-    s = s + 2 * hx
-    is_hex = hx | (base == 16)
-    ln = e - s
-    ok = (ln > 0) & (ln <= np.where(is_hex, 16, 20))
-    lnc = np.clip(ln, 0, 16)
-    klo = np.minimum(lnc, 8)
-    khi = lnc - klo
-    lo = U[e - 8]
-    mlo = _top(klo)
-    hi = mhi = None
-    if (khi > 0).any():
-        hi = U[e - 16]
-        mhi = _top(khi)
-    nh = int(is_hex.sum())
-    if nh == n:
-        val, okv = _word_value(lo, hi, mlo, mhi, True)
-    elif nh == 0:
-        val, okv = _word_value(lo, hi, mlo, mhi, False)
+def _read_header(line: bytes, st: IngestStats, parser) -> tuple | None:
+    """The header of one line by the reference regex: (ts_ns, cpu, pid, comm start, comm end,
+    event start, event end, args start, args end), offsets in `line`; None for a line that is not
+    an event (counted in `st`: lost events, malformed, or nothing for a known non-event line)."""
+    m = _HDR_RE.match(line)
+    if m is None:
+        lm = _LOST_RE.match(line)
+        if lm:
+            st.lost_events += int(lm.group(2) or lm.group(3))
+        elif not _SKIP_RE.match(line):
+            st.malformed += 1
+        return None
+    t = m.group("ts")
+    if b"." in t:
+        a, b = t.split(b".")
+        t_ns = int(a) * 1_000_000_000 + int(b[:9].ljust(9, b"0"))
     else:
-        vh, okh = _word_value(lo, hi, mlo, mhi, True)
-        vd, okd = _word_value(lo, hi, mlo, mhi, False)
-        val = np.where(is_hex, vh, vd)
-        okv = np.where(is_hex, okh, okd)
-    ok &= okv
-    ok &= ~(neg & (val > _u(1 << 63)))  # below -2^63, as `parse_ints`
-    val = np.where(neg, (~val) + _ONE, val)
-    long_dec = (ln > 16) & (ln <= 20) & ~is_hex
-    if long_dec.any():
-        r = np.flatnonzero(long_dec)
-        v2, ok2 = parse_ints(buf, s0[r], e[r], base)
-        val[r] = v2
-        ok[r] = ok2
-    return val, ok
-
-
-def _binary_view(buf, U, pbuf, nrows, rows, s, e) -> pa.Array:
-    """A binary_view array of `nrows` whose row rows[i] is the bytes [s[i], e[i]) of the chunk."""
-    rows = np.asarray(rows, np.int64)
-    s = np.asarray(s, np.int64)
-    ln = np.maximum(np.asarray(e, np.int64) - s, 0)
-    views = np.zeros((nrows, 2), np.uint64)
-    A = U[s]
-    B = U[s + 8]
-    inline = ln <= 12
-    m0 = _LOW[np.clip(ln, 0, 4) + 4]  # len (4 bytes) + up to 4 data bytes, as a mask of the low half
-    w0 = (ln.astype(np.uint64) & _u(0xFFFFFFFF)) | (A << _u(32))
-    w0 = np.where(inline, w0 & m0, ln.astype(np.uint64) | (A << _u(32)))
-    w1i = ((A >> _u(32)) | (B << _u(32))) & _LOW[np.clip(ln - 4, 0, 8)]
-    w1 = np.where(inline, w1i, s.astype(np.uint64) << _u(32))
-    views[rows, 0] = w0
-    views[rows, 1] = w1
-    if len(rows) == nrows:
-        validity = None
-        nulls = 0
-    else:
-        has = np.zeros(nrows, bool)
-        has[rows] = True
-        validity = pa.py_buffer(np.packbits(has, bitorder="little"))
-        nulls = int(nrows - len(rows))
-    return pa.Array.from_buffers(pa.binary_view(), nrows, [validity, pa.py_buffer(views), pa.py_buffer(pbuf)], null_count=nulls)
+        t_ns = int(t)
+    c_, p_ = int(m.group("cpu")), int(m.group("pid"))
+    if t_ns >= 1 << 63 or c_ >= 1 << 31 or p_ >= 1 << 31:  # does not fit ts_ns / cpu / pid
+        st.malformed += 1
+        parser.out_of_range += 1
+        return None
+    return (t_ns, c_, p_, m.start("comm"), m.end("comm"), m.start("event"), m.end("event"), m.start("args"), m.end("args"))
 
 
 def _to_large_string(arr: pa.Array) -> pa.Array:
@@ -540,210 +405,6 @@ def _to_large_string(arr: pa.Array) -> pa.Array:
         vals = arr.cast(pa.large_binary()).to_pylist()
         return pa.array([None if v is None else v.decode("utf-8", "replace") for v in vals], pa.large_string())
 
-
-# ---------------------------------------------------------------------------------------------
-# Fast header: a layout (column offsets of one real line) checked on every line with 8-byte reads
-
-
-@dataclass(frozen=True)
-class _Layout:
-    D: int  # '-' between comm and pid
-    Wp: int  # pid field width (digits, then spaces up to '[')
-    rb: int  # ']'
-    ncpu: int
-    fe: int  # end of the flags field (or rb + 1 when none)
-    dot: int
-    tc: int  # timestamp colon
-    nf: int  # fraction digits
-    words: tuple  # (offset, literal mask, literal value, digit flags, non-blank flags, non-digit flags)
-
-
-def _learn_layout(line: bytes) -> _Layout | None:
-    m = _HDR_RE.match(line)
-    if m is None:
-        return None
-    D = m.start("pid") - 1
-    lb, rb = m.start("cpu") - 1, m.end("cpu")
-    if line[m.end("pid") : lb].strip(b" ") or D > 24:
-        return None  # tgid column, tabs: the per-line path
-    Wp = lb - D - 1
-    ncpu = rb - lb - 1
-    ts_s, tc = m.start("ts"), m.end("ts")
-    ts = line[ts_s:tc]
-    if b"." not in ts or Wp > 8 or ncpu > 8 or line[tc + 1 : tc + 2] != b" ":
-        return None
-    dot = ts_s + ts.index(b".")
-    nf = tc - dot - 1
-    between = line[rb + 1 : ts_s]
-    toks = between.split()
-    if len(toks) > 1 or any(c in b"\t\n\r\x0b\x0c" for c in between):
-        return None
-    if toks:
-        fs = rb + 1 + between.index(toks[0])
-        fe = fs + len(toks[0])
-        if fs == rb + 1:
-            return None
-    else:
-        fs = fe = rb + 1
-    if not (2 <= dot - fe <= 8) or not (1 <= nf <= 9) or tc > 160:
-        return None
-    cls = {}  # offset -> ('lit', byte) | 'dig' | 'flag0' | 'flag'
-    cls[D] = ("lit", 45)
-    cls[lb] = ("lit", 91)
-    for p in range(lb + 1, rb):
-        cls[p] = "dig"
-    cls[rb] = ("lit", 93)
-    for p in range(rb + 1, fs):
-        cls[p] = ("lit", 32)
-    for p in range(fs, fe):
-        cls[p] = "flag0" if p == fs else "flag"
-    cls[dot] = ("lit", 46)
-    for p in range(dot + 1, tc):
-        cls[p] = "dig"
-    cls[tc] = ("lit", 58)
-    cls[tc + 1] = ("lit", 32)
-    words = []
-    for off in range(D, tc + 2, 8):
-        lm = lv = dm = nm = ndm = 0
-        for i in range(8):
-            c = cls.get(off + i)
-            if c is None:
-                continue
-            if isinstance(c, tuple):
-                lm |= 0xFF << (8 * i)
-                lv |= c[1] << (8 * i)
-            elif c == "dig":
-                dm |= 0x80 << (8 * i)
-            else:
-                nm |= 0x80 << (8 * i)
-                if c == "flag0":
-                    ndm |= 0x80 << (8 * i)
-        words.append((off, _u(lm), _u(lv), _u(dm), _u(nm), _u(ndm)))
-    return _Layout(D, Wp, rb, ncpu, fe, dot, tc, nf, tuple(words))
-
-
-_NAME_K = (_u(0x9E3779B97F4A7C15), _u(0xC2B2AE3D27D4EB4F), _u(0x165667B19E3779F9), _u(0xD6E8FEB86659FD93))
-
-
-def _fast_header(buf, U, s, e, L: _Layout):
-    """Header fields of lines [s, e) that follow layout L exactly; `ok` marks them."""
-    n = len(s)
-    ok = np.ones(n, bool)
-    for off, lm, lv, dm, nm, ndm in L.words:
-        W = U[s + off]
-        ok &= (W & lm) == lv
-        if dm or ndm:
-            df = _digf(W)
-            if dm:
-                ok &= (df & dm) == dm
-            if ndm:
-                ok &= (df & ndm) == 0
-        if nm:
-            ok &= (_ltf(W, 0x21) & nm) == 0
-    # pid: digits then spaces
-    P = U[s + (L.D + 1)]
-    fm = _LOW[L.Wp] & _H80
-    d = _digf(P) & fm
-    sp = _eqf(P, 32) & fm
-    ok &= ((d | sp) == fm) & (d != 0) & (sp != 0) & (d < (sp & (~sp + _ONE)))
-    k = np.bitwise_count(d).astype(np.int64)
-    pid = _dec8((P << ((8 - k) * 8).astype(np.uint64)) | _LOWZERO[8 - k])
-    # cpu
-    C = U[s + (L.rb - 8)]
-    tm = _top(L.ncpu)
-    cpu = _dec8((C & tm) | (_ZERO & ~tm))
-    # seconds: spaces then digits, right-aligned before the dot
-    S = U[s + (L.dot - 8)]
-    rm = _top(L.dot - L.fe) & _H80
-    d = _digf(S) & rm
-    sp = _eqf(S, 32) & rm
-    ok &= ((d | sp) == rm) & (d != 0) & (sp != 0) & (sp < (d & (~d + _ONE)))
-    bm = _bmask(d)
-    secs = _dec8((S & bm) | (_ZERO & ~bm))
-    F = U[s + (L.tc - 8)]
-    tm = _top(min(L.nf, 8))
-    frac = _dec8((F & tm) | (_ZERO & ~tm))
-    if L.nf == 9:
-        frac = frac + (buf[s + (L.dot + 1)].astype(np.uint64) - _u(48)) * _u(100000000)
-    ts = (secs * _u(1_000_000_000) + frac * _u(10 ** (9 - L.nf))).view(np.int64)
-    # comm: [first non-space, D); no '[' or ')' in it (so the regex's lazy comm ends at the same '-')
-    cs = np.full(n, L.D, np.int64)
-    found = np.zeros(n, bool)
-    for off in range(0, L.D, 8):
-        W = U[s + off]
-        m = _LOW[min(8, L.D - off)] & _H80
-        ok &= ((_eqf(W, 91) | _eqf(W, 41)) & m) == 0
-        f = _first(~_eqf(W, 32) & m)
-        hit = ~found & (f < 8)
-        cs = np.where(hit, off + f, cs)
-        found |= hit
-    c0 = buf[s + cs]
-    ok &= ~(found & (c0 >= 9) & (c0 <= 13))
-    # event name: up to 31 bytes before ':', no blank in it
-    E = s + (L.tc + 2)
-    words = []
-    pos = np.full(n, 64, np.int64)
-    wpos = np.full(n, 64, np.int64)
-    for i in range(4):
-        W = U[E + 8 * i]
-        words.append(W)
-        fc = _first(_eqf(W, 58))
-        fw = _first(_ltf(W, 0x21))
-        pos = np.where((pos == 64) & (fc < 8), 8 * i + fc, pos)
-        wpos = np.where((wpos == 64) & (fw < 8), 8 * i + fw, wpos)
-        if i >= 1 and not ((pos == 64) & (wpos == 64) & ok).any():
-            break
-    ok &= (pos >= 1) & (pos < 8 * len(words)) & (wpos > pos)
-    h = np.zeros(n, np.uint64)
-    masked = []
-    for i, W in enumerate(words):
-        Wm = W & _LOW[np.clip(pos - 8 * i, 0, 8)]
-        masked.append(Wm)
-        h ^= Wm * _NAME_K[i]
-    h ^= pos.astype(np.uint64)
-    okr = np.flatnonzero(ok)
-    codes = np.full(n, -1, np.int64)
-    names: list[bytes] = []
-    if len(okr):
-        c, _ = pd.factorize(h[okr])
-        c = c.astype(np.int64)
-        first = np.flatnonzero(~pd.Series(c).duplicated().to_numpy())
-        same = np.ones(len(okr), bool)
-        for Wm in masked:  # a hash collision would show here
-            w = Wm[okr]
-            same &= w == w[first][c]
-        ok[okr[~same]] = False
-        codes[okr] = c
-        fr = okr[first]
-        names = [bytes(buf[E[f] : E[f] + pos[f]]) for f in fr]
-    # args: after ': ' and any spaces; no blank at the end of the line
-    A0 = E + pos + 1
-    A = U[A0]
-    nsp = _first(~_eqf(A, 32) & _H80)
-    a_s = A0 + nsp
-    ok &= (nsp < 8) & (a_s < e)
-    c0 = buf[a_s]
-    ok &= (c0 < 9) | (c0 > 13)
-    c1 = buf[e - 1]
-    ok &= (c1 != 32) & ((c1 < 9) | (c1 > 13))
-    return ok, ts, cpu.astype(np.int64), pid.astype(np.int64), s + cs, s + L.D, codes, names, a_s
-
-
-def _match_before(U, pos, pat: bytes):
-    """rows whose bytes ending at `pos` (inclusive) are `pat`"""
-    ok = None
-    end = len(pat)
-    k = 0
-    while end > 0:
-        take = min(8, end)
-        piece = pat[end - take : end]
-        W = U[pos - (7 + 8 * k)]
-        tm = _top(take)
-        r = (W & tm) == _u(int.from_bytes(piece.rjust(8, b"\0"), "little"))
-        ok = r if ok is None else ok & r
-        end -= take
-        k += 1
-    return ok
 
 
 # ---------------------------------------------------------------------------------------------
@@ -798,21 +459,18 @@ class _Registry:
 _NUM_DTYPES = {"UInt64": np.uint64, "Int64": np.int64, "Int32": np.int32, "UInt32": np.uint32}
 
 
-class _TextParser:
-    def __init__(self, st: IngestStats, kprobe_groups, fast: bool = True):
-        self.st = st
+
+class _Names:
+    """Event names → (event category code, known, `group:name`), and unknown-event counts."""
+
+    def __init__(self, kprobe_groups):
         self.kprobe_groups = kprobe_groups
-        self.fast = fast
-        self.layouts: list[_Layout] = []
-        self.cats: dict[str, _Registry] = {c: _Registry() for c in ("comm", "call_site", "gfp_flags", "cgroup_path")}
         self.events = _Registry()
         self.unknown: dict[str, int] = {}
-        self.chunks: list[dict] = []
         self.canon: dict[tuple[bytes, bool], tuple[int, bool, str]] = {}
         #: event lines dropped as malformed: timestamp, cpu or pid too large for its column
         self.out_of_range = 0
 
-    # --- event names ---
     def _canon(self, name: bytes, kprobe: bool):
         key = (name, kprobe)
         r = self.canon.get(key)
@@ -826,11 +484,29 @@ class _TextParser:
         sname = name.decode("utf-8", "replace")
         self.unknown[sname] = self.unknown.get(sname, 0) + k
 
-    # --- a chunk: pbuf holds _PAD zero bytes, the chunk's whole lines, _PAD zero bytes ---
-    def chunk(self, pbuf: bytearray, nbytes: int):
+    def _event_codes(self, codes: np.ndarray) -> pd.Series:
+        """the event column: categories in order of first appearance"""
+        seen = pd.unique(codes)
+        rank = np.empty(len(self.events.values), np.int32)
+        rank[seen] = np.arange(len(seen), dtype=np.int32)
+        cats = pd.Index([self.events.values[i] for i in seen], dtype=object)
+        return pd.Series(pd.Categorical.from_codes(rank[codes], categories=cats), copy=False)
+
+
+class _TextParser(_Names):
+    """The reference: a regex per header and per field list, chunk by chunk."""
+
+    def __init__(self, st: IngestStats, kprobe_groups):
+        super().__init__(kprobe_groups)
+        self.st = st
+        self.cats: dict[str, _Registry] = {c: _Registry() for c in ("comm", "call_site", "gfp_flags", "cgroup_path")}
+        self.chunks: list[dict] = []
+
+    # --- a chunk: the whole lines buf_in[start : start + nbytes], copied between _PAD zero bytes ---
+    def chunk(self, buf_in, start: int, nbytes: int):
         st = self.st
+        pbuf = _padded(memoryview(buf_in)[start : start + nbytes])
         buf = np.frombuffer(pbuf, dtype=np.uint8)
-        U = _u64_view(pbuf)
         body = buf[_PAD : _PAD + nbytes]
         nl = np.flatnonzero(body == 10) + _PAD
         st.lines_read += len(nl)
@@ -862,68 +538,19 @@ class _TextParser:
                 names.append(nm)
             return i
 
-        if self.fast and nc:
-            todo = np.arange(nc)
-            learnt = 0
-            li = 0
-            while len(todo):
-                if li < len(self.layouts):
-                    L = self.layouts[li]
-                    li += 1
-                    sample = False
-                else:
-                    if learnt >= 6:
-                        break
-                    learnt += 1
-                    L = _learn_layout(bytes(buf[s[todo[0]] : e[todo[0]]]))
-                    if L is None or L in self.layouts:
-                        todo = todo[1:]  # an odd line: the regex will read it
-                        continue
-                    self.layouts.append(L)
-                    li = len(self.layouts)
-                    sample = True
-                okL, tsL, cpuL, pidL, csL, ceL, codesL, namesL, asL = _fast_header(buf, U, s[todo], e[todo], L)
-                if okL.any():
-                    g = todo[okL]
-                    ok[g] = True
-                    ts[g], cpu[g], pid[g], cm_s[g], cm_e[g], a_s[g] = tsL[okL], cpuL[okL], pidL[okL], csL[okL], ceL[okL], asL[okL]
-                    remap = np.array([nid(nm) for nm in namesL], np.int64)
-                    name_id[g] = remap[codesL[okL]]
-                if sample:
-                    okL[0] = True  # the line it was learnt from is done either way
-                todo = todo[~okL]
-        # the rest: a regex per line
+        # a regex per line
         keep = ok.copy()
-        out_of_range = 0
         for r in np.flatnonzero(~ok):
             base = int(s[r])
-            line = bytes(buf[base : e[r]])
-            m = _HDR_RE.match(line)
-            if m is None:
-                lm = _LOST_RE.match(line)
-                if lm:
-                    st.lost_events += int(lm.group(2) or lm.group(3))
-                elif not _SKIP_RE.match(line):
-                    st.malformed += 1
-                continue
-            t = m.group("ts")
-            if b"." in t:
-                a, b = t.split(b".")
-                t_ns = int(a) * 1_000_000_000 + int(b[:9].ljust(9, b"0"))
-            else:
-                t_ns = int(t)
-            c_, p_ = int(m.group("cpu")), int(m.group("pid"))
-            if t_ns >= 1 << 63 or c_ >= 1 << 31 or p_ >= 1 << 31:  # does not fit ts_ns / cpu / pid
-                st.malformed += 1
-                out_of_range += 1
+            h = _read_header(bytes(buf[base : e[r]]), st, self)
+            if h is None:
                 continue
             keep[r] = True
-            ts[r], cpu[r], pid[r] = t_ns, c_, p_
-            cm_s[r], cm_e[r] = base + m.start("comm"), base + m.end("comm")
-            name_id[r] = nid(m.group("event"))
-            a_s[r] = base + m.start("args")
-            e[r] = base + m.end("args")
-        self.out_of_range += out_of_range
+            ts[r], cpu[r], pid[r] = h[0], h[1], h[2]
+            cm_s[r], cm_e[r] = base + h[3], base + h[4]
+            name_id[r] = nid(bytes(buf[base + h[5] : base + h[6]]))
+            a_s[r] = base + h[7]
+            e[r] = base + h[8]
         sel = np.flatnonzero(keep)
         n = len(sel)
         if n == 0:
@@ -931,12 +558,7 @@ class _TextParser:
         ts, cpu, pid, cm_s, cm_e, a_s, a_e, name_id = ts[sel], cpu[sel], pid[sel], cm_s[sel], cm_e[sel], a_s[sel], e[sel], name_id[sel]
         pc_ = _Pieces()
         ev_code = np.zeros(n, np.int32)
-        ctx = _Ctx(buf, U, pbuf, a_s, a_e, pc_, ev_code)
-        if self.fast:
-            eq = np.flatnonzero(body == 61) + _PAD
-            ctx.eq = eq
-            ctx.eqb = np.searchsorted(eq, a_s)
-            ctx.eqn = np.searchsorted(eq, a_e) - ctx.eqb
+        ctx = _Ctx(buf, pbuf, a_s, a_e, pc_, ev_code)
         order = np.argsort(name_id, kind="stable")
         bounds = np.searchsorted(name_id[order], np.arange(len(names) + 1))
         for i, nm in enumerate(names):
@@ -947,112 +569,8 @@ class _TextParser:
                 ev_code[rows] = self._canon(nm, False)[0]
                 pc_.marker.append((rows, a_s[rows], a_e[rows]))
                 continue
-            if self.fast:
-                slow = self._group_fast(ctx, nm, rows)
-            else:
-                slow = list(rows)
-            if slow:
-                self._group_slow(ctx, nm, sorted(slow))
+            self._group_slow(ctx, nm, rows)
         self.chunks.append(self._finish_chunk(ctx, n, ts, cpu, pid, cm_s, cm_e, ev_code))
-
-    # --- fields, fast: learn a layout from one line, check it on all lines of the group ---
-    def _group_fast(self, ctx, nm: bytes, pending) -> list:
-        buf, U, eq = ctx.buf, ctx.U, ctx.eq
-        slow = []
-        attempts = 0
-        while len(pending) and attempts < 8:
-            attempts += 1
-            r0 = int(pending[0])
-            line = bytes(buf[ctx.a_s[r0] : ctx.a_e[r0]])
-            kv, pre_end = _kv_spans(line, 0)
-            keys = [k.encode() for k, _, _, _ in kv]
-            prefix = line[:pre_end]
-            kprobe = prefix.startswith(b"(") and (b" <- " in prefix or b"+0x" in prefix)
-            m = len(keys)
-            ps = ctx.a_s[pending]
-            pe = ctx.a_e[pending]
-            ok = ctx.eqn[pending] == m
-            if m and len(eq) == 0:
-                ok[:] = False
-            b = ctx.eqb[pending]
-            eqs, kss = [], []
-            for j, key in enumerate(keys):
-                eqj = eq[np.minimum(b + j, len(eq) - 1)] if len(eq) else np.zeros(len(pending), np.int64)
-                pat = (b" " if (j or prefix) else b"") + key + b"="
-                ok &= _match_before(U, eqj, pat)
-                ks = eqj - len(key)
-                if j == 0 and not prefix:
-                    ok &= ks == ps
-                eqs.append(eqj)
-                kss.append(ks)
-            vss = [q + 1 for q in eqs]
-            ves = [kss[j + 1] - 1 for j in range(m - 1)] + ([pe] if m else [])
-            for j in range(m - 1):
-                ok &= (ves[j] == vss[j]) | (buf[ves[j] - 1] != 32)
-            pre_e = kss[0] - 1 if (prefix and m) else pe
-            if prefix:
-                ok &= (pre_e > ps) & (buf[pre_e - 1] != 32)
-                # the kprobe test of each line's own prefix
-                paren = buf[ps] == 40
-                kp = np.zeros(len(pending), bool)
-                if paren.any():
-                    pr = np.flatnonzero(paren)
-                    v = _binary_view(buf, U, ctx.pbuf, len(pr), np.arange(len(pr)), ps[pr], pre_e[pr]).cast(pa.large_binary())
-                    hit = pc.or_(pc.match_substring(v, " <- "), pc.match_substring(v, "+0x"))
-                    kp[pr] = hit.to_numpy(zero_copy_only=False)
-                ok &= kp == kprobe
-            if not ok[0]:
-                slow.append(r0)
-                ok[0] = False
-            if ok.any():
-                g = pending[ok]
-                code, known, event = self._canon(nm, kprobe)
-                ctx.ev_code[g] = code
-                if not known:
-                    self._count_unknown(nm, len(g))
-                self._emit_fast(ctx, event, known, g, keys, ps[ok], pre_e[ok] if prefix else None,
-                                [k[ok] for k in kss], [v[ok] for v in vss], [v[ok] for v in ves])
-            keep = ~ok
-            keep[0] = False
-            pending = pending[keep]
-        return slow + list(pending)
-
-    def _emit_fast(self, ctx, event, known, rows, keys, ps, pre_e, kss, vss, ves):
-        p = ctx.pieces
-        mapping = columns_for(event) if known else {}
-        run_s = run_e = None
-        part = 0
-        if pre_e is not None:
-            run_s, run_e = ps, pre_e
-            if event == "vmalloc:alloc_vmap_area":
-                p._add(p.num, "ptr@va", rows, ps + 10, pre_e)
-        used = set()
-        for key, ks, vs, ve in zip(keys, kss, vss, ves):
-            col = mapping.get(key.decode())
-            if col and col not in used:
-                used.add(col)
-                self._route(p, col, rows, vs, ve)
-                if run_s is not None:
-                    p._add(p.args, part, rows, run_s, run_e)
-                    part += 1
-                    run_s = None
-                continue
-            if run_s is None:
-                run_s = ks
-            run_e = ve
-        if run_s is not None:
-            p._add(p.args, part, rows, run_s, run_e)
-
-    @staticmethod
-    def _route(p, col, rows, vs, ve):
-        if col in NUMERIC_BASE:
-            p._add(p.num, col, rows, vs, ve)
-        elif col == "accounted":
-            p._add(p.boolv, col, rows, vs, ve)
-        else:
-            p._add(p.cat, col, rows, vs, ve)
-            if col == "gfp_flags":  # numeric gfp printed as a number (trace-cmd raw, old kernels)
-                p._add(p.num, "gfp@maybe", rows, vs, ve)
 
     # --- fields, one line at a time (the reference) ---
     def _group_slow(self, ctx, nm: bytes, rows):
@@ -1108,29 +626,25 @@ class _TextParser:
 
     # --- chunk → compact columns ---
     def _finish_chunk(self, ctx, n, ts, cpu, pid, cm_s, cm_e, ev_code) -> dict:
-        buf, U, pbuf, p = ctx.buf, ctx.U, ctx.pbuf, ctx.pieces
-        if self.fast:
-            view, nums_of = _binary_view, _parse_nums
-        else:  # the reference: Python slices and the digit-by-digit `parse_ints`
-            view = _spans_py
-            nums_of = lambda buf, U, s, e, base: parse_ints(buf, s, e, base)  # noqa: E731
+        buf, pbuf, p = ctx.buf, ctx.pbuf, ctx.pieces
+        view = _spans_py  # Python slices; numbers digit by digit (`parse_ints`)
         out: dict = {"n": n, "ts_ns": ts, "cpu": cpu.astype(np.int32), "pid": pid.astype(np.int32), "event": ev_code}
-        out["comm"] = self.cats["comm"].codes(view(buf, U, pbuf, n, np.arange(n), cm_s, cm_e))
+        out["comm"] = self.cats["comm"].codes(view(pbuf, n, np.arange(n), cm_s, cm_e))
         for col, pieces in p.cat.items():
             rows, s, e = _cat3(pieces)
-            out[col] = self.cats[col].codes(view(buf, U, pbuf, n, rows, s, e))
+            out[col] = self.cats[col].codes(view(pbuf, n, rows, s, e))
         nums = {}
         for col, pieces in p.num.items():
             rows, s, e = _cat3(pieces)
             base = 0 if "@" in col else NUMERIC_BASE[col]
-            vals, okv = nums_of(buf, U, s, e, base)
+            vals, okv = parse_ints(buf, s, e, base)
             nums[col] = (rows, vals, okv)
         for col, (rows, vals, okv) in nums.items():
             if "@" in col:
                 continue
             arr = np.zeros(n, np.uint64)
             valid = np.zeros(n, bool)
-            arr[rows] = np.where(okv, vals, _u(0))
+            arr[rows] = np.where(okv, vals, np.uint64(0))
             valid[rows] = okv
             out[col] = _typed(col, arr, valid)
         for extra, col in (("ptr@va", "ptr"), ("gfp@maybe", "gfp")):
@@ -1156,12 +670,12 @@ class _TextParser:
             out[col] = (val, valid)
         if p.marker:
             rows, s, e = _cat3(p.marker)
-            out["marker"] = _to_large_string(view(buf, U, pbuf, n, rows, s, e))
+            out["marker"] = _to_large_string(view(pbuf, n, rows, s, e))
         if p.args:
             joined = None
             for part in sorted(p.args):
                 rows, s, e = _cat3(p.args[part])
-                a = view(buf, U, pbuf, n, rows, s, e).cast(pa.large_binary())
+                a = view(pbuf, n, rows, s, e).cast(pa.large_binary())
                 if joined is None:
                     joined = a
                 else:
@@ -1171,7 +685,14 @@ class _TextParser:
         return out
 
 
-def _spans_py(buf, U, pbuf, nrows, rows, s, e) -> pa.Array:
+    def close(self) -> int:
+        return sum(c["n"] for c in self.chunks)
+
+    def frame(self, n: int) -> pd.DataFrame:
+        return _assemble_chunks(self, n)
+
+
+def _spans_py(pbuf, nrows, rows, s, e) -> pa.Array:
     vals = [None] * nrows
     for r, a, b in zip(rows.tolist(), s.tolist(), e.tolist()):
         vals[r] = bytes(pbuf[a : max(a, b)])
@@ -1179,12 +700,11 @@ def _spans_py(buf, U, pbuf, nrows, rows, s, e) -> pa.Array:
 
 
 class _Ctx:
-    def __init__(self, buf, U, pbuf, a_s, a_e, pieces, ev_code):
-        self.buf, self.U, self.pbuf = buf, U, pbuf
+    def __init__(self, buf, pbuf, a_s, a_e, pieces, ev_code):
+        self.buf, self.pbuf = buf, pbuf
         self.a_s, self.a_e = a_s, a_e
         self.pieces = pieces
         self.ev_code = ev_code
-        self.eq = self.eqb = self.eqn = None
 
 
 def _cat3(pieces):
@@ -1208,16 +728,124 @@ def _typed(col, arr: np.ndarray, valid: np.ndarray):
     return arr.astype(np_dtype), valid
 
 
-# ---------------------------------------------------------------------------------------------
-# Whole captures: chunks of whole lines, then one frame
 
-#: bytes of text per chunk: big enough to amortise the per-chunk work, small enough that the
-#: chunk and its per-line arrays stay in cache and the peak stays near the frame's size
+# ---------------------------------------------------------------------------------------------
+# The scanner: one pass in C (`_ftrace_scan.c`) straight into whole-capture columns
+
+#: numeric columns in the scanner's order, with how they are read and typed
+_SCAN_NUM = tuple(NUMERIC_BASE)
+_SCAN_KIND = {"Int64": 0, "Int32": 1, "UInt64": 2, "UInt32": 3}
+#: category columns; comm (from the header) first
+_SCAN_CAT = ("comm", "call_site", "gfp_flags", "cgroup_path")
+_CHECKOUT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+
+def _scan_module():
+    try:
+        from memtrace.sources.trace import _ftrace_scan
+    except ImportError as e:
+        raise EnvironmentProblem(
+            f"the ftrace text scanner (memtrace/sources/trace/_ftrace_scan.c) is not built ({e}); "
+            f"rebuild it with: python3 -m pip install -e {_CHECKOUT}"
+        ) from None
+    return _ftrace_scan
+
+
+class _ScanParser(_Names):
+    def __init__(self, st: IngestStats, kprobe_groups):
+        super().__init__(kprobe_groups)
+        mod = _scan_module()
+        self.st = st
+        self.colid = {c: i for i, c in enumerate(_SCAN_NUM)}
+        self.colid.update({c: mod.COL_CAT0 + i for i, c in enumerate(_SCAN_CAT) if i})
+        self.colid["accounted"] = mod.COL_BOOL
+        twins = tuple(_SCAN_NUM.index("gfp") if c == "gfp_flags" else -1 for c in _SCAN_CAT)
+        self.sc = mod.Scanner(
+            self._event, self._header,
+            num_kinds=tuple(_SCAN_KIND[COLUMNS[c].dtype] for c in _SCAN_NUM),
+            num_bases=tuple(NUMERIC_BASE[c] for c in _SCAN_NUM),
+            cat_twins=twins, va_col=_SCAN_NUM.index("ptr"),
+            markers=tuple(sorted(m.encode() for m in MARKER_EVENTS)),
+        )
+        self.res = None
+
+    def _event(self, name: bytes, kprobe: bool):
+        """asked once per (event name, kprobe): (category code, known, reads a vmalloc prefix, {key: column id})"""
+        code, known, event = self._canon(name, kprobe)
+        keymap = {k.encode(): self.colid[c] for k, c in columns_for(event).items()} if known else {}
+        return code, known, event == "vmalloc:alloc_vmap_area", keymap
+
+    def _header(self, line: bytes):
+        return _read_header(line, self.st, self)
+
+    def chunk(self, buf, start: int, nbytes: int):
+        self.sc.feed(buf, start, start + nbytes)
+
+    def close(self) -> int:
+        r = self.res = self.sc.finish()
+        self.sc = None
+        self.st.lines_read += r["lines_read"]
+        for name, kprobe, known, count in r["events"]:
+            if not known and count:
+                self._count_unknown(name, count)
+        return r["n"]
+
+    def frame(self, n: int) -> pd.DataFrame:
+        r, self.res = self.res, None
+        data: dict[str, object] = {}
+        data["ts_ns"] = pd.Series(np.frombuffer(r["ts"], np.int64), copy=False)
+        for col in ("cpu", "pid"):
+            data[col] = pd.Series(pd.arrays.IntegerArray(np.frombuffer(r[col], np.int32), np.zeros(n, bool)), copy=False)
+        data["event"] = self._event_codes(np.frombuffer(r["event"], np.int32))
+        for col, (ids, values) in zip(_SCAN_CAT, r["cat"]):
+            if not values:
+                continue
+            reg = _Registry()
+            remap = np.array([reg.code_str(v.decode("utf-8", "replace")) for v in values] + [-1], np.int32)
+            codes = np.frombuffer(ids, np.int32)
+            if len(reg.values) != len(values):  # byte strings that decode to the same text
+                codes = remap[codes]
+            data[col] = pd.Series(pd.Categorical.from_codes(codes, categories=pd.Index(reg.values, dtype=object)), copy=False)
+        for col, (vals, mask) in zip(_SCAN_NUM, r["num"]):
+            dt = _NUM_DTYPES[COLUMNS[col].dtype]
+            data[col] = pd.Series(pd.arrays.IntegerArray(np.frombuffer(vals, dt), np.frombuffer(mask, bool)), copy=False)
+        vals, mask = r["bool"]
+        data["accounted"] = pd.Series(pd.arrays.BooleanArray(np.frombuffer(vals, bool), np.frombuffer(mask, bool)), copy=False)
+        for col, (bits, offs, sdata, nulls, nonascii) in zip(("marker", "args"), r["str"]):
+            if nulls == n:
+                continue
+            arr = _scanned_strings(n, bits, offs, sdata, nulls, np.frombuffer(nonascii, np.int64))
+            data[col] = pd.Series(pd.arrays.ArrowStringArray(pa.chunked_array([arr])), copy=False)
+        del r
+        return derive(_frame(data, n))
+
+
+def _scanned_strings(n, bits, offs, sdata, nulls, nonascii) -> pa.Array:
+    """A large_string array from the scanner's buffers; values that are not UTF-8 are decoded with
+    replacement, as `_to_large_string` does."""
+    bufs = [pa.py_buffer(bits), pa.py_buffer(offs), pa.py_buffer(sdata)]
+    if len(nonascii) == 0:  # ASCII is UTF-8 as it is
+        return pa.Array.from_buffers(pa.large_string(), n, bufs, null_count=nulls)
+    arr = pa.Array.from_buffers(pa.large_binary(), n, bufs, null_count=nulls)
+    try:
+        return arr.cast(pa.large_string())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        fixed = [v.decode("utf-8", "replace").encode() for v in arr.take(pa.array(nonascii)).to_pylist()]
+        mask = np.zeros(n, bool)
+        mask[nonascii] = True
+        return pc.replace_with_mask(arr, pa.array(mask), pa.array(fixed, pa.large_binary())).cast(pa.large_string())
+
+
+# ---------------------------------------------------------------------------------------------
+# Whole captures: regions of whole lines, then one frame
+
+#: bytes of text read from a file at a time: big enough to amortise the per-read work, small
+#: enough to stay well under the frame's size
 CHUNK_BYTES = 8 << 20
 
 
 def _chunks_of(data, chunk_bytes: int):
-    """(padded buffer, byte count) of whole lines, then ('tail', bytes after the last newline)."""
+    """("lines", buffer, start, byte count) of whole lines, then ("tail", bytes after the last newline)."""
     if not isinstance(data, (bytes, bytearray)):
         data = bytes(data)
     n = len(data)
@@ -1230,64 +858,73 @@ def _chunks_of(data, chunk_bytes: int):
         if cut < 0:
             yield "tail", bytes(data[pos:])
             return
-        yield _padded(memoryview(data)[pos : cut + 1]), cut + 1 - pos
+        yield "lines", data, pos, cut + 1 - pos
         pos = cut + 1
 
 
+_PAD = 16  # zero bytes around a reference chunk
+
+
 def _padded(mv) -> bytearray:
-    pb = bytearray(_PAD + len(mv) + _TAIL)
+    pb = bytearray(_PAD + len(mv) + _PAD)
     pb[_PAD : _PAD + len(mv)] = mv
     return pb
 
 
 def _file_chunks(f, chunk_bytes: int):
-    """Like `_chunks_of`, reading a file: never more than one chunk in memory."""
-    carry = b""
+    """Like `_chunks_of`, reading a file into one buffer that is reused (the consumer is done with
+    a region before the next is read); a line longer than the buffer grows it."""
+    buf = bytearray(chunk_bytes)
+    have = 0  # bytes of a partial line carried at the start of buf
     while True:
-        pb = bytearray(_PAD + len(carry) + chunk_bytes + _TAIL)
-        pb[_PAD : _PAD + len(carry)] = carry
-        got = f.readinto(memoryview(pb)[_PAD + len(carry) : _PAD + len(carry) + chunk_bytes]) or 0
-        total = len(carry) + got
+        if len(buf) - have < chunk_bytes:
+            nb = bytearray(max(have + chunk_bytes, 2 * len(buf)))
+            nb[:have] = memoryview(buf)[:have]
+            buf = nb
+        got = f.readinto(memoryview(buf)[have:]) or 0
+        total = have + got
         if not got:
-            if carry:
-                yield "tail", bytes(carry)
+            if have:
+                yield "tail", bytes(buf[:have])
             return
-        last = pb.rfind(b"\n", _PAD, _PAD + total)
+        last = buf.rfind(b"\n", have, total)
         if last < 0:
-            carry = bytes(pb[_PAD : _PAD + total])
+            have = total
             continue
-        carry = bytes(pb[last + 1 : _PAD + total])
-        pb[last + 1 :] = bytes(len(pb) - (last + 1))
-        yield pb, last + 1 - _PAD
+        yield "lines", buf, 0, last + 1
+        have = total - (last + 1)
+        buf[:have] = bytes(buf[last + 1 : total])
 
 
 def _run(chunks, *, path, fmt, kprobe_groups, stats, fast=True) -> tuple[pd.DataFrame, IngestStats]:
     st = stats or IngestStats(path=path, format=fmt)
     st.path, st.format = path, fmt
-    p = _TextParser(st, kprobe_groups, fast=fast)
+    p = _ScanParser(st, kprobe_groups) if fast else _TextParser(st, kprobe_groups)
     empty = True
-    for pb, nbytes in chunks:
-        if pb == "tail":
-            if nbytes:
+    for item in chunks:
+        if item[0] == "tail":
+            tail = item[1]
+            if tail:
                 empty = False
-            if nbytes.strip():
+            if tail.strip():
                 st.truncated = True
                 st.malformed += 1
                 st.lines_read += 1
                 st.warn(f"{path}: last line has no newline (capture cut mid-line); dropped it")
             continue
+        _, buf, start, nbytes = item
         empty = False
-        p.chunk(pb, nbytes)
+        p.chunk(buf, start, nbytes)
     if empty:
         raise InputError(f"{path}: empty file")
-    n = sum(c["n"] for c in p.chunks)
+    n = p.close()
     if n == 0:
         if st.malformed == 0 and st.lost_events == 0:
             raise InputError(f"{path}: no trace events (not an ftrace text capture?)")
         raise InputError(f"{path}: not an ftrace text capture: {st.malformed} line(s), none an event line")
     st.unknown_event_names = p.unknown
     st.unknown_events = int(sum(p.unknown.values()))
-    frame = _assemble_chunks(p, n)
+    frame = p.frame(n)
     st.events_parsed = len(frame)
     if p.out_of_range:
         st.warn(f"{path}: {p.out_of_range} event line(s) dropped as malformed: timestamp >= 2^63 ns, "
@@ -1330,12 +967,7 @@ def _assemble_chunks(p: _TextParser, n: int) -> pd.DataFrame:
     data["ts_ns"] = pd.Series(_take_col(chunks, "ts_ns", 0, n, np.int64), copy=False)
     for col in ("cpu", "pid"):
         data[col] = pd.Series(pd.arrays.IntegerArray(_take_col(chunks, col, 0, n, np.int32), np.zeros(n, bool)), copy=False)
-    # event: categories in order of first appearance
-    codes = _take_col(chunks, "event", 0, n, np.int32)
-    seen = pd.unique(codes)
-    rank = np.empty(len(p.events.values), np.int32)
-    rank[seen] = np.arange(len(seen), dtype=np.int32)
-    data["event"] = pd.Series(pd.Categorical.from_codes(rank[codes], categories=pd.Index([p.events.values[i] for i in seen], dtype=object)), copy=False)
+    data["event"] = p._event_codes(_take_col(chunks, "event", 0, n, np.int32))
     for col in EVENT_COLUMN_ORDER:
         if col in data:
             continue
@@ -1385,6 +1017,7 @@ def _frame(data: dict, n: int) -> pd.DataFrame:
     return pd.DataFrame(cols, copy=False)
 
 
+
 def parse_ftrace_text(
     data: bytes | memoryview,
     *,
@@ -1399,8 +1032,8 @@ def parse_ftrace_text(
 
 def parse_ftrace_text_reference(data, *, path: str = "<buffer>", fmt: str = "ftrace-text", kprobe_groups=None,
                                 chunk_bytes: int = CHUNK_BYTES) -> tuple[pd.DataFrame, IngestStats]:
-    """The same parse with a regex per line for every header and every field list (no layouts,
-    no 8-byte reads): the reference the fast path is tested against."""
+    """The same parse with a regex per line for every header and every field list, and numbers
+    read digit by digit: the reference the scanner is tested against."""
     return _run(_chunks_of(data, chunk_bytes), path=path, fmt=fmt, kprobe_groups=kprobe_groups, stats=None, fast=False)
 
 
