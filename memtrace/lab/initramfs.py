@@ -87,12 +87,18 @@ def build_mapctl() -> Path:
     return out
 
 
-def trace_cmd_events() -> list[str]:
-    """The tracepoints `memtrace probes --format trace-cmd` records (probes/*.toml, as
-    system:event, optional ones included: the guest keeps those its kernel has)."""
+def trace_cmd_events(kprobe_events: str | None = None) -> list[str]:
+    """The events `memtrace probes --format trace-cmd` records, as system:event: the
+    probes/*.toml tracepoints (optional ones included: the guest keeps those its kernel
+    has), then the kprobe events of ``kprobe_events`` (the guest keeps those it installed)."""
     from memtrace.sources.trace.probedefs import load_definitions
 
-    return list(dict.fromkeys(ev for g in load_definitions().tracepoints for ev in g.events))
+    evs = [ev for g in load_definitions().tracepoints for ev in g.events]
+    for line in (kprobe_events or "").splitlines():
+        m = re.match(r"\s*[pr]\d*:(?:(\w+)/)?(\w+)\s", line)
+        if m:
+            evs.append(f"{m.group(1) or 'kprobes'}:{m.group(2)}")
+    return list(dict.fromkeys(evs))
 
 
 def _ldd(binary: str) -> list[str]:
@@ -158,12 +164,14 @@ def build(
     events: tuple[str, ...] = TRACE_EVENTS,
     extra: dict[str, bytes] | None = None,
     recorder: str = "tracefs",
+    record_events: list[str] | None = None,
 ) -> Path:
     """Write the initramfs for one run to ``dest`` (gzip'd cpio) and return it.
 
     ``extra``: more files, by path in the guest (e.g. memtrace/live.sh for a live snapshot).
-    ``recorder``: "trace-cmd" adds /usr/bin/trace-cmd, its libraries and the tracepoint list
-    `memtrace probes --format trace-cmd` records (memtrace/trace-cmd.events); see RECORDERS.
+    ``recorder``: "trace-cmd" adds /usr/bin/trace-cmd, its libraries and the events it is to
+    record (memtrace/trace-cmd.events): ``record_events`` (system:event), by default those
+    `memtrace probes --format trace-cmd` records (:func:`trace_cmd_events`); see RECORDERS.
     """
     busybox = _which("busybox")
     bpftool = _which("bpftool")
@@ -191,7 +199,8 @@ def build(
     dynamic(bpftool, "usr/sbin/bpftool")
     if recorder == "trace-cmd":
         dynamic(_which("trace-cmd"), "usr/bin/trace-cmd")
-        c.file("memtrace/trace-cmd.events", ("\n".join(trace_cmd_events()) + "\n").encode())
+        evs = record_events if record_events is not None else trace_cmd_events(kprobe_events)
+        c.file("memtrace/trace-cmd.events", ("\n".join(evs) + "\n").encode())
     elif recorder != "tracefs":
         raise ValueError(f"recorder {recorder!r} not one of {RECORDERS}")
     c.file("bin/mapctl", mapctl.read_bytes(), 0o755)

@@ -86,6 +86,7 @@ def run(
     progress=None,
     live_snapshot: bool = False,
     recorder: str = "tracefs",
+    record_events: list[str] | None = None,
 ) -> RunResult:
     """Run ``scenario`` on the lab kernel ``kernel_series``; write results to ``out``.
 
@@ -93,6 +94,9 @@ def run(
     (memtrace.lab.pyroot); its output lands in ``out`` as live-snapshot.json, live.snapshot.
     ``recorder``: "tracefs" (trace.txt only) or "trace-cmd" (trace.txt and, from the same
     run, trace.dat recorded by the host's trace-cmd inside the guest; needs Debian's trace-cmd).
+    ``record_events``: what trace-cmd records (system:event; those the guest lacks are left
+    out); by default the events of `memtrace probes --format trace-cmd`: probes/*.toml's
+    tracepoints and the kprobe events of ``kprobe_events``.
     """
     say = progress or (lambda msg: None)
     if recorder not in initramfs.RECORDERS:
@@ -124,7 +128,7 @@ def run(
     detached = False
     try:
         initrd = initramfs.build(kernel, script, rundir / "initrd.gz", kprobe_events=kprobe_events, extra=extra,
-                                 recorder=recorder)
+                                 recorder=recorder, record_events=record_events)
         disk = rundir / "out.img"
         with open(disk, "wb") as f:
             f.truncate(OUT_DISK_BYTES)
@@ -236,21 +240,19 @@ def _trace_cmd_meta(g: Path, work: Path) -> dict | None:
     """What the trace-cmd recorder did: its command, exit status, per-CPU statistics."""
     if not (g / "trace-cmd.cmd").exists():
         return None
-    log = (work / "trace-cmd.log").read_text(errors="replace") if (work / "trace-cmd.log").exists() else ""
+    from memtrace.errors import MemtraceError
+    from memtrace.sources.trace import tracecmd
+
     rc = (g / "trace-cmd.rc").read_text().strip() if (g / "trace-cmd.rc").exists() else ""
     stats: dict[str, dict] = {}
-    cpu = None
-    for line in log.splitlines():
-        k, _, v = line.partition(":")
-        k, v = k.strip(), v.strip()
-        if k == "CPU" and v.isdigit():
-            cpu = f"cpu{v}"
-            stats[cpu] = {}
-        elif cpu is not None and v:
-            try:
-                stats[cpu][k] = float(v.split()[0]) if "." in v.split()[0] else int(v.split()[0])
-            except ValueError:
-                pass
+    if (work / "trace.dat").exists():
+        try:
+            # the kernel's ring-buffer statistics trace-cmd saved in the file, per buffer and CPU
+            stats = tracecmd.cpu_stats(str(work / "trace.dat"))
+        except MemtraceError as e:
+            stats = {"error": str(e)}
+    per_cpu = [s for b in stats.values() if isinstance(b, dict) for s in b.values() if isinstance(s, dict)]
+    started = (g / "trace-cmd.started").read_text().strip() if (g / "trace-cmd.started").exists() else None
     cmd = (g / "trace-cmd.cmd").read_text().strip()
     toks = cmd.split()
     return {
@@ -258,8 +260,10 @@ def _trace_cmd_meta(g: Path, work: Path) -> dict | None:
         "events": [toks[i + 1] for i, t in enumerate(toks[:-1]) if t == "-e"],
         "exit_status": int(rc) if rc.lstrip("-").isdigit() else None,
         "trace_dat": (work / "trace.dat").exists(),
+        "started": started,
         "per_cpu_stats": stats,
-        "overruns": sum(int(s.get("overrun", 0)) for s in stats.values()),
+        "overruns": sum(int(s.get("overrun", 0)) for s in per_cpu),
+        "dropped_events": sum(int(s.get("dropped events", 0)) for s in per_cpu),
     }
 
 

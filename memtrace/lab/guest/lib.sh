@@ -175,10 +175,11 @@ mt_trace_stop() {
 }
 
 # trace-cmd recorder (lab run --recorder trace-cmd): `trace-cmd record` in a tracefs instance
-# of its own, beside the top-level buffer that becomes trace.txt, of the events
-# `memtrace probes --format trace-cmd` lists: the probes/*.toml tracepoints this kernel has
-# and every kprobe event mt_trace_start installed. Same clock (boot). Step markers go to
-# both buffers (step). Writes /out/trace.dat, trace-cmd.log, trace-cmd.cmd.
+# of its own, beside the top-level buffer that becomes trace.txt, of the events listed in
+# /memtrace/trace-cmd.events (by default those `memtrace probes --format trace-cmd` lists:
+# the probes/*.toml tracepoints and the run's kprobe events) that exist here. Same clock
+# (boot). Step markers go to both buffers (step). Writes /out/trace.dat, trace-cmd.log,
+# trace-cmd.cmd.
 mt_tracecmd_start() {
 	[ -x /usr/bin/trace-cmd ] && [ -f /memtrace/trace-cmd.events ] || return 0
 	_args=""
@@ -186,10 +187,7 @@ mt_tracecmd_start() {
 		case "$_e" in '' | '#'*) continue ;; esac
 		[ -d "$TRACEFS/events/${_e%%:*}/${_e#*:}" ] && _args="$_args -e $_e"
 	done < /memtrace/trace-cmd.events
-	for _e in $(sed -n 's/^[pr][0-9]*:\([^ ]*\) .*/\1/p' "$TRACEFS/kprobe_events"); do
-		case "$_e" in */*) ;; *) _e="kprobes/$_e" ;; esac
-		_args="$_args -e ${_e%%/*}:${_e#*/}"
-	done
+	[ -n "$_args" ] || { echo "MEMTRACE-ERROR trace-cmd: none of the events to record exist" > /dev/console; return 0; }
 	echo "trace-cmd record -B $MT_TC_INSTANCE -C boot -b ${MT_TC_BUFFER_KB:-16384} -o /out/trace.dat$_args" > /out/trace-cmd.cmd
 	(cd /tmp && exec trace-cmd record -B "$MT_TC_INSTANCE" -C boot -b "${MT_TC_BUFFER_KB:-16384}" \
 		-o /out/trace.dat $_args) > /out/trace-cmd.log 2>&1 &

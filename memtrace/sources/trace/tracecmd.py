@@ -26,6 +26,8 @@ A trace.dat is turned into text by the host's `trace-cmd report -t -N` and parse
   ``0000000000000000``); a ``%pS`` call site is ``sym+0xoff`` (tracefs: ``sym+0xoff/0xsize``;
   the size is added from kallsyms when the name is unique there). mm_page_alloc's ``page=``
   stays wrong (libtraceevent cannot evaluate ``vmemmap_base``); its ``pfn`` is right.
+* Kprobe groups: text names a kprobe event without its group; a trace.dat stores it
+  (``report -E`` lists system:event), so ``memtrace:pc_try_charge`` needs no lab meta.json.
 * The kernel's per-CPU statistics saved at the end of the recording (``report --stat``):
   overruns and dropped events count as lost events.
 """
@@ -94,6 +96,18 @@ def cpu_stats(path: str, *, trace_cmd: str | None = None) -> dict[str, dict[str,
                 out[buf][cpu][k] = float(v.split()[0])
             except ValueError:
                 pass
+    return out
+
+
+def event_systems(path: str, *, trace_cmd: str | None = None) -> dict[str, str]:
+    """{event name: system} of every event format stored in a trace.dat (`report -E`)."""
+    exe = _exe(path, trace_cmd)
+    text = _run(exe, ["report", "-E"], path).decode("utf-8", "replace")
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        system, sep, name = line.strip().partition(":")
+        if sep and system and name and " " not in line.strip():
+            out.setdefault(name, system)
     return out
 
 
@@ -172,7 +186,7 @@ _NIL = re.compile(rb"=\(nil\)(?=[ \n])")
 _CALL_SITE = re.compile(rb"( call_site=)([A-Za-z_][\w.]*)\+0x([0-9a-f]+)(?=[ \n])")
 
 
-def _as_tracefs_text(data: bytes, path: str, exe: str) -> bytes:
+def _as_tracefs_text(data: bytes, path: str, exe: str, entry: set[str], ret: set[str]) -> bytes:
     """trace-cmd report text → tracefs' spelling (module docstring)."""
     data = _MARKER.sub(rb"\1\2", data)
     data = _NIL.sub(b"=0x0", data)
@@ -189,11 +203,10 @@ def _as_tracefs_text(data: bytes, path: str, exe: str) -> bytes:
         return got
 
     data = _CALL_SITE.sub(call_site, data)
-    return _symbolise_kprobes(data, path, exe, syms)
+    return _symbolise_kprobes(data, entry, ret, syms)
 
 
-def _symbolise_kprobes(data: bytes, path: str, exe: str, syms: "_Symbols") -> bytes:
-    entry, ret = kprobe_events(path, trace_cmd=exe)
+def _symbolise_kprobes(data: bytes, entry: set[str], ret: set[str], syms: "_Symbols") -> bytes:
     if not (entry | ret):
         return data
     cache: dict[bytes, bytes] = {}
@@ -245,8 +258,13 @@ def load_trace_dat(path: str, *, kprobe_groups=None, trace_cmd: str | None = Non
         pat = re.compile(rb"^(?:" + b"|".join(re.escape(n.encode()) for n in sorted(named, key=len, reverse=True)) + rb"):",
                          re.M)
         data = pat.sub(b"", data)
-    data = _as_tracefs_text(data, path, exe)
-    df, st = parse_ftrace_text(data, path=path, fmt="trace.dat", kprobe_groups=kprobe_groups)
+    entry, ret = kprobe_events(path, trace_cmd=exe)
+    data = _as_tracefs_text(data, path, exe, entry, ret)
+    # a trace.dat names each kprobe event's group (system) itself; a caller's mapping wins
+    systems = event_systems(path, trace_cmd=exe)
+    groups = {n: systems[n] for n in entry | ret if n in systems}
+    groups.update(kprobe_groups or {})
+    df, st = parse_ftrace_text(data, path=path, fmt="trace.dat", kprobe_groups=groups)
     with_data = [b["name"] or "(top level)" for b in bufs if b["bytes"] > 0]
     if len(with_data) > 1:
         st.warn(f"events of {len(with_data)} buffers ({', '.join(with_data)}) are merged into one table")
