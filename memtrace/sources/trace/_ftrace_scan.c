@@ -889,19 +889,63 @@ static int emit(Scanner *S, const uint8_t *b, const uint8_t *lim, int64_t tns, i
     return 0;
 }
 
+/* the first byte of [p, e) that is not ' ' (e when none); e is inside the bytes fed */
+static inline size_t skip_spaces(const uint8_t *b, size_t p, size_t e)
+{
+#ifdef __SSE2__
+    const __m128i sp = _mm_set1_epi8(' ');
+    while (p + 16 <= e) {
+        unsigned m = ~(unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(_mm_loadu_si128((const __m128i *)(b + p)), sp)) & 0xFFFFu;
+        if (m)
+            return p + (size_t)__builtin_ctz(m);
+        p += 16;
+    }
+#endif
+    while (p < e && b[p] == ' ')
+        p++;
+    return p;
+}
+
+/* the first ':' or blank in [p, e) (e when none), reading at most up to lim */
+static inline size_t to_colon_or_blank(const uint8_t *b, size_t p, size_t e, const uint8_t *lim)
+{
+#ifdef __SSE2__
+    const __m128i colon = _mm_set1_epi8(':'), sp = _mm_set1_epi8(' '), nine = _mm_set1_epi8(9), four = _mm_set1_epi8(4);
+    while (p < e && b + p + 16 <= lim) {
+        __m128i x = _mm_loadu_si128((const __m128i *)(b + p));
+        __m128i c9 = _mm_sub_epi8(x, nine); /* 9..13 → 0..4 */
+        __m128i hit = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(x, colon), _mm_cmpeq_epi8(x, sp)),
+                                   _mm_cmpeq_epi8(_mm_min_epu8(c9, four), c9));
+        unsigned m = (unsigned)_mm_movemask_epi8(hit);
+        if (m) {
+            size_t r = p + (size_t)__builtin_ctz(m);
+            return r < e ? r : e;
+        }
+        p += 16;
+    }
+#endif
+    while (p < e && b[p] != ':' && !is_s(b[p]))
+        p++;
+    return p;
+}
+
+static const uint64_t POW10[10] = {1ULL, 10ULL, 100ULL, 1000ULL, 10000ULL, 100000ULL, 1000000ULL, 10000000ULL, 100000000ULL,
+                                   1000000000ULL};
+
 /* the header that only one reading of the reference regex gives; 0 when the line must go to
  * header_cb. The regex: ^\s*(comm.*?)-(pid\d+)\s+(?:\(\s*[-\d]*\)\s+)?\[(cpu\d+)\]\s+
  * (?:[^\s\d][^\s]*\s+)?(ts\d+(?:\.\d+)?):\s+(event[^:\s]+):\s*(args.*?)\s*$ */
-static int fast_header(const uint8_t *b, size_t ls, size_t le, const uint8_t *lim, int64_t *tns, int64_t *cpu, int64_t *pid, size_t *cs,
-                       size_t *ce, size_t *ns, size_t *ne, size_t *as, size_t *ae)
+static int fast_header(const uint8_t *b, size_t ls, size_t le, const uint8_t *lim, int64_t *tns, int64_t *cpu,
+                       int64_t *pid, size_t *cs, size_t *ce, size_t *ns, size_t *ne, size_t *as, size_t *ae)
 {
-    size_t i = ls;
+    size_t i = skip_spaces(b, ls, le);
     while (i < le && is_s(b[i]))
         i++;
     *cs = i;
     /* comm ends at the first '-' followed by digits and a blank: at an earlier '-' the regex
      * fails; if the rest fails at this one, the regex may still match at a later one → slow */
     size_t j = i, k;
+    uint64_t v;
     for (;;) {
         if (j >= le)
             return 0;
@@ -910,19 +954,17 @@ static int fast_header(const uint8_t *b, size_t ls, size_t le, const uint8_t *li
             return 0;
         j = (size_t)(q - b);
         k = j + 1;
-        while (k < le && is_d(b[k]))
+        v = 0;
+        while (k < le && is_d(b[k])) {
+            v = v * 10 + (b[k] - '0');
             k++;
+        }
         if (k > j + 1 && k < le && is_s(b[k]))
             break;
         j = k > j + 1 ? k : j + 1;
     }
     *ce = j;
-    if (k - (j + 1) > 10)
-        return 0;
-    uint64_t v = 0;
-    for (size_t x = j + 1; x < k; x++)
-        v = v * 10 + (b[x] - '0');
-    if (v > INT32_MAX)
+    if (k - (j + 1) > 10 || v > INT32_MAX)
         return 0;
     *pid = (int64_t)v;
     size_t m = k;
@@ -931,19 +973,18 @@ static int fast_header(const uint8_t *b, size_t ls, size_t le, const uint8_t *li
     if (m >= le || b[m] != '[') /* a tgid column, or no match at this '-' */
         return 0;
     size_t c0 = m + 1, c1 = c0;
-    while (c1 < le && is_d(b[c1]))
-        c1++;
-    if (c1 == c0 || c1 >= le || b[c1] != ']' || c1 - c0 > 10)
-        return 0;
     v = 0;
-    for (size_t x = c0; x < c1; x++)
-        v = v * 10 + (b[x] - '0');
-    if (v > INT32_MAX)
+    while (c1 < le && is_d(b[c1])) {
+        v = v * 10 + (b[c1] - '0');
+        c1++;
+    }
+    if (c1 == c0 || c1 >= le || b[c1] != ']' || c1 - c0 > 10 || v > INT32_MAX)
         return 0;
     *cpu = (int64_t)v;
     size_t p = c1 + 1;
     if (p >= le || !is_s(b[p]))
         return 0;
+    p = skip_spaces(b, p, le);
     while (p < le && is_s(b[p]))
         p++;
     if (p >= le)
@@ -951,34 +992,34 @@ static int fast_header(const uint8_t *b, size_t ls, size_t le, const uint8_t *li
     if (!is_d(b[p])) { /* the flags word */
         while (p < le && !is_s(b[p]))
             p++;
+        p = skip_spaces(b, p, le);
         while (p < le && is_s(b[p]))
             p++;
         if (p >= le || !is_d(b[p]))
             return 0;
     }
-    size_t t0 = p;
-    while (p < le && is_d(b[p]))
-        p++;
-    size_t t1 = p;
     uint64_t secs = 0;
-    for (size_t x = t0; x < t1; x++) {
-        secs = secs * 10 + (b[x] - '0');
-        if (secs > 10000000000000000000ULL / 10 - 1) /* keeps the next step exact */
+    while (p < le && is_d(b[p])) {
+        secs = secs * 10 + (b[p] - '0');
+        if (secs > 999999999999999999ULL) /* keeps the next step exact; such a line goes to the regex */
             return 0;
+        p++;
     }
     uint64_t t;
     if (p < le && b[p] == '.') {
         size_t f0 = p + 1, f1 = f0;
-        while (f1 < le && is_d(b[f1]))
+        uint64_t frac = 0;
+        while (f1 < le && is_d(b[f1])) {
+            if (f1 - f0 < 9)
+                frac = frac * 10 + (b[f1] - '0');
             f1++;
+        }
         if (f1 == f0 || f1 >= le || b[f1] != ':')
             return 0;
         if (secs > 9223372036ULL)
             return 0;
-        uint64_t frac = 0;
-        for (size_t x = 0; x < 9; x++)
-            frac = frac * 10 + (f0 + x < f1 ? (uint64_t)(b[f0 + x] - '0') : 0);
-        t = secs * 1000000000ULL + frac;
+        size_t nf = f1 - f0 < 9 ? f1 - f0 : 9;
+        t = secs * 1000000000ULL + frac * POW10[9 - nf];
         p = f1;
     } else {
         if (p >= le || b[p] != ':')
@@ -994,8 +1035,7 @@ static int fast_header(const uint8_t *b, size_t ls, size_t le, const uint8_t *li
     while (p < le && is_s(b[p]))
         p++;
     *ns = p;
-    while (p < le && b[p] != ':' && !is_s(b[p]))
-        p++;
+    p = to_colon_or_blank(b, p, le, lim);
     if (p == *ns || p >= le || b[p] != ':')
         return 0;
     *ne = p;

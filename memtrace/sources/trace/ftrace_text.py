@@ -841,7 +841,7 @@ def _scanned_strings(n, bits, offs, sdata, nulls, nonascii) -> pa.Array:
 
 #: bytes of text read from a file at a time: big enough to amortise the per-read work, small
 #: enough to stay well under the frame's size
-CHUNK_BYTES = 8 << 20
+CHUNK_BYTES = 1 << 20
 
 
 def _chunks_of(data, chunk_bytes: int):
