@@ -311,3 +311,26 @@ def test_missing_extension_cli_exit_3(tmp_path):
     assert p.returncode == EXIT_ENVIRONMENT, p.stderr
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and re.match(r"memtrace: error: .*not built.*pip install -e ", lines[0]), p.stderr
+
+
+def test_many_names_and_keys_memory_in_proportion():
+    """Garbage with a new event name and a new key on every line: the scanner's memory grows with
+    the (name, key) pairs met, not with names x keys (30000 x 30000 would be gigabytes)."""
+    code = r"""
+import sys
+from memtrace.sources.trace import ftrace_text as ft
+def hwm():
+    for l in open('/proc/self/status'):
+        if l.startswith('VmHWM:'): return int(l.split()[1])
+lines = [b'  x-5  [0] ..... 1.%06d: ev%d: k%d=%d v=1' % (i, i, i, i) for i in range(30000)]
+data = b'\n'.join(lines) + b'\n'
+base = hwm()
+df, st = ft.parse_ftrace_text(data)
+assert len(df) == 30000 and st.unknown_events == 30000
+print(hwm() - base)
+"""
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert int(p.stdout) < 200_000, p.stdout  # kB
+    lines = [b"  x-5  [0] ..... 1.%06d: ev%d: k%d=%d v=1" % (i, i % 700, i, i) for i in range(3000)]
+    same(b"\n".join(lines) + b"\n")

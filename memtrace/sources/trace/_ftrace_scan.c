@@ -358,9 +358,78 @@ typedef struct {
     int32_t name_id;
     int64_t unknown;
     PyObject *keymap; /* dict bytes -> int column id */
-    int16_t *col_of_key; /* by key id: -2 not asked yet, -1 no column */
-    size_t ncol;
+    int32_t ccol_kid[KCACHE]; /* the columns of the keys of this event's last line, by position */
+    int8_t ccol[KCACHE];
 } sub_t;
+
+/* (event, key id) → column (-1: none), for every pair met; one table, so garbage with many
+ * names and many keys costs memory in proportion to the pairs seen, not names x keys */
+typedef struct {
+    uint64_t *key; /* (event index << 32 | key id) + 1; 0 = empty */
+    int8_t *col;
+    size_t mask, count;
+} colmap_t;
+
+static int colmap_init(colmap_t *m)
+{
+    m->mask = 255;
+    m->count = 0;
+    m->key = calloc(256, sizeof(uint64_t));
+    m->col = calloc(256, 1);
+    if (!m->key || !m->col) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    return 0;
+}
+
+static void colmap_free(colmap_t *m)
+{
+    free(m->key);
+    free(m->col);
+    memset(m, 0, sizeof(*m));
+}
+
+static inline size_t colmap_slot(const colmap_t *m, uint64_t k)
+{
+    uint64_t h = k * 0x9E3779B97F4A7C15ULL;
+    size_t i = (size_t)(h >> 20) & m->mask;
+    while (m->key[i] && m->key[i] != k)
+        i = (i + 1) & m->mask;
+    return i;
+}
+
+static int colmap_put(colmap_t *m, uint64_t k, int8_t c)
+{
+    size_t i = colmap_slot(m, k);
+    if (!m->key[i])
+        m->count++;
+    m->key[i] = k;
+    m->col[i] = c;
+    if (m->count * 2 <= m->mask)
+        return 0;
+    colmap_t n;
+    size_t size = (m->mask + 1) * 2;
+    n.mask = size - 1;
+    n.count = m->count;
+    n.key = calloc(size, sizeof(uint64_t));
+    n.col = calloc(size, 1);
+    if (!n.key || !n.col) {
+        free(n.key);
+        free(n.col);
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (size_t j = 0; j <= m->mask; j++)
+        if (m->key[j]) {
+            size_t t = colmap_slot(&n, m->key[j]);
+            n.key[t] = m->key[j];
+            n.col[t] = m->col[j];
+        }
+    colmap_free(m);
+    *m = n;
+    return 0;
+}
 
 typedef struct {
     int marker;
@@ -394,6 +463,7 @@ typedef struct {
 
     intern_t cats[MAXCAT];
     intern_t names, keys;
+    colmap_t colmap;
     name_t *nm;
     size_t nm_cap;
     sub_t *subs;
@@ -644,6 +714,8 @@ static sub_t *get_sub(Scanner *S, int32_t name_id, int kprobe)
     }
     sub_t *sb = &S->subs[S->nsubs];
     memset(sb, 0, sizeof(*sb));
+    for (int i = 0; i < KCACHE; i++)
+        sb->ccol_kid[i] = -1;
     sb->code = (int32_t)code;
     sb->known = known;
     sb->va = va;
@@ -656,48 +728,45 @@ static sub_t *get_sub(Scanner *S, int32_t name_id, int kprobe)
     return sb;
 }
 
-/* the column of key `kid` for event sb (-1: none) */
-static int col_of(Scanner *S, sub_t *sb, int32_t kid)
+/* the column of key `kid` at position i of event sb's field list (-1: none; -3: error set) */
+static inline int col_of(Scanner *S, sub_t *sb, int32_t kid, size_t i)
 {
-    if ((size_t)kid >= sb->ncol) {
-        size_t nc = sb->ncol ? sb->ncol * 2 : 32;
-        while (nc <= (size_t)kid)
-            nc *= 2;
-        int16_t *q = realloc(sb->col_of_key, nc * sizeof(int16_t));
-        if (!q) {
-            PyErr_NoMemory();
+    if (i < KCACHE && sb->ccol_kid[i] == kid)
+        return sb->ccol[i];
+    uint64_t key = (((uint64_t)(sb - S->subs) << 32) | (uint32_t)kid) + 1;
+    size_t slot = colmap_slot(&S->colmap, key);
+    int c;
+    if (S->colmap.key[slot]) {
+        c = S->colmap.col[slot];
+    } else {
+        size_t ln;
+        const uint8_t *p = intern_str(&S->keys, (size_t)kid, &ln);
+        PyObject *k = PyBytes_FromStringAndSize((const char *)p, (Py_ssize_t)ln);
+        if (!k)
             return -3;
+        PyObject *v = PyDict_GetItemWithError(sb->keymap, k);
+        Py_DECREF(k);
+        if (!v && PyErr_Occurred())
+            return -3;
+        c = -1;
+        if (v) {
+            long x = PyLong_AsLong(v);
+            if (x == -1 && PyErr_Occurred())
+                return -3;
+            int okc = (x >= 0 && x < S->nnum) || (x >= COL_CAT0 + 1 && x < COL_CAT0 + S->ncat) || x == COL_BOOL;
+            if (!okc) {
+                PyErr_Format(PyExc_ValueError, "event_cb: bad column id %ld", x);
+                return -3;
+            }
+            c = (int)x;
         }
-        for (size_t i = sb->ncol; i < nc; i++)
-            q[i] = -2;
-        sb->col_of_key = q;
-        sb->ncol = nc;
-    }
-    int c = sb->col_of_key[kid];
-    if (c != -2)
-        return c;
-    size_t ln;
-    const uint8_t *p = intern_str(&S->keys, (size_t)kid, &ln);
-    PyObject *k = PyBytes_FromStringAndSize((const char *)p, (Py_ssize_t)ln);
-    if (!k)
-        return -3;
-    PyObject *v = PyDict_GetItemWithError(sb->keymap, k);
-    Py_DECREF(k);
-    if (!v && PyErr_Occurred())
-        return -3;
-    c = -1;
-    if (v) {
-        long x = PyLong_AsLong(v);
-        if (x == -1 && PyErr_Occurred())
+        if (colmap_put(&S->colmap, key, (int8_t)c) < 0)
             return -3;
-        int okc = (x >= 0 && x < S->nnum) || (x >= COL_CAT0 + 1 && x < COL_CAT0 + S->ncat) || x == COL_BOOL;
-        if (!okc) {
-            PyErr_Format(PyExc_ValueError, "event_cb: bad column id %ld", x);
-            return -3;
-        }
-        c = (int)x;
     }
-    sb->col_of_key[kid] = (int16_t)c;
+    if (i < KCACHE) {
+        sb->ccol_kid[i] = kid;
+        sb->ccol[i] = (int8_t)c;
+    }
     return c;
 }
 
@@ -844,9 +913,11 @@ static int emit(Scanner *S, const uint8_t *b, const uint8_t *lim, int64_t tns, i
     for (size_t i = 0; i < nk; i++) {
         size_t ks = S->ks[i], eq = S->eqs[i], vs = eq + 1;
         size_t ve = i + 1 < nk ? S->ks[i + 1] - 1 : ae;
+        if (ve < vs) /* cannot happen: the next key starts after a blank after this '=' */
+            ve = vs;
         while (ve > vs && b[ve - 1] == ' ')
             ve--;
-        int c = col_of(S, sb, S->kid[i]);
+        int c = col_of(S, sb, S->kid[i], i);
         if (c == -3)
             return -1;
         if (c >= 0 && !(used & (1ULL << c))) {
@@ -1170,7 +1241,7 @@ static int Scanner_init(Scanner *S, PyObject *args, PyObject *kw)
     for (int i = 0; i < S->ncat; i++)
         if (intern_init(&S->cats[i]) < 0)
             return -1;
-    if (intern_init(&S->names) < 0 || intern_init(&S->keys) < 0)
+    if (intern_init(&S->names) < 0 || intern_init(&S->keys) < 0 || colmap_init(&S->colmap) < 0)
         return -1;
     if (grow_rows(S) < 0)
         return -1;
@@ -1202,10 +1273,9 @@ static void Scanner_free_data(Scanner *S)
     }
     intern_free(&S->names);
     intern_free(&S->keys);
-    for (size_t i = 0; i < S->nsubs; i++) {
+    for (size_t i = 0; i < S->nsubs; i++)
         Py_CLEAR(S->subs[i].keymap);
-        free(S->subs[i].col_of_key);
-    }
+    colmap_free(&S->colmap);
     free(S->subs);
     S->subs = NULL;
     S->nsubs = S->subs_cap = 0;
