@@ -174,7 +174,7 @@ group = "memtrace"
 
 def _cli(tracefs, out: Path, *args) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "memtrace", "capture", "--tracefs", str(tracefs), "-o", str(out), "--buffer-kb", "256",
+        [sys.executable, "-m", "memtrace", "capture", "--tracefs", str(tracefs), "-o", str(out), "--buffer-kb", "4096",
          "-d", "0.3", *args],
         capture_output=True, text=True, timeout=120,
     )
@@ -190,11 +190,12 @@ def test_complete_capture_exits_0_with_its_summary_in_the_header(tracefs, tmp_pa
     from memtrace.sources.trace import load_trace
 
     out = tmp_path / "ok.txt"
-    # a workload, so the 0.3 s hold events even on an idle host
-    load = subprocess.Popen([sys.executable, "-c", "import os\nfor i in range(200000): open('/proc/self/stat').read()"])
+    # a gentle workload, so the 0.3 s hold events even on an idle host (and no overrun: a
+    # tight loop overran 256 KiB per CPU once, which rightly made the capture incomplete)
+    load = subprocess.Popen([sys.executable, "-c", "import time\nfor i in range(20000): open('/proc/self/stat').read(); time.sleep(0.001)"])
     try:
         r = _cli(tracefs, out, "--defs", str(_defs(tmp_path, ["kmem:kmalloc", "kmem:kfree"], optional=["memtrace_none:x"])),
-                 "--json")
+                 "--json", "--buffer-kb", "8192")
     finally:
         load.kill()
         load.wait()
@@ -311,14 +312,14 @@ def test_missed_probe_hits_make_exit_5(tracefs, tmp_path, monkeypatch):
     _register()
     defs = str(_defs(tmp_path, ["kmem:kmalloc"]))
     out = tmp_path / "missed.txt"
-    args = ["capture", "--tracefs", str(tracefs), "-o", str(out), "-d", "0.2", "--buffer-kb", "256", "--defs", defs, "--json"]
+    args = ["capture", "--tracefs", str(tracefs), "-o", str(out), "-d", "0.2", "--buffer-kb", "4096", "--defs", defs, "--json"]
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 5, r.stderr
     d = json.loads(r.stdout)
     assert d["probe_misses"] == {"memtrace/try_charge_ret": 7} and d["probe_misses_total"] == 7
     assert "7 probe hit(s) missed (memtrace/try_charge_ret=7)" in d["incomplete_reasons"]
     assert "memtrace: warning: 7 probe hits missed" in r.stderr
-    assert "capture incomplete: 7 probe hit(s) missed" in r.stderr
+    assert "memtrace: error: capture incomplete: " in r.stderr and "7 probe hit(s) missed (memtrace/try_charge_ret=7)" in r.stderr
     text = out.read_text()
     assert "# probe misses (kretprobe maxactive exhausted, or a kprobe hit while another ran): 7 (memtrace/try_charge_ret=7)" in text
     h = capmod.read_capture_header(out)
