@@ -169,17 +169,11 @@ _PAGE_EVENTS = ("kmem:mm_page_alloc", "kmem:mm_page_free", "kmem:mm_page_free_ba
 _GFP_EVENTS = ("kmem:kmalloc", "kmem:kmalloc_node", "kmem:mm_page_alloc")
 
 
-def _masked(s: pd.Series):
-    """(values, valid) of a nullable column without copying."""
-    a = s.array
-    return a._data, ~a._mask
-
-
 def derive(df: pd.DataFrame) -> pd.DataFrame:
     """Per-event derived columns (pages/bytes of page events, accounted from gfp). In place.
 
-    Works on the columns' numpy buffers; `_derive_pandas` is the same in pandas operations and
-    takes over for input that is not in the schema's dtypes."""
+    Works on the columns' numpy buffers, on the rows of the events concerned only; `_derive_pandas`
+    is the same in pandas operations and takes over for input that is not in the schema's dtypes."""
     dt = {c: str(df[c].dtype) for c in ("event", "order", "pages", "bytes", "accounted", "gfp", "gfp_flags")}
     if dt != {"event": "category", "order": "Int32", "pages": "Int64", "bytes": "Int64", "accounted": "boolean",
               "gfp": "UInt64", "gfp_flags": "category"}:
@@ -189,65 +183,81 @@ def derive(df: pd.DataFrame) -> pd.DataFrame:
     cats = list(ev.categories)
     codes = ev.codes
 
-    def is_ev(names):
-        want = [i for i, c in enumerate(cats) if c in names]
-        if not want:
-            return np.zeros(n, bool)
-        return np.isin(codes, want)
+    def table(names) -> np.ndarray:
+        """by event code: one of `names`? (code -1, a null event, reads the last entry: False)"""
+        t = np.zeros(len(cats) + 1, bool)
+        for i, c in enumerate(cats):
+            t[i] = c in names
+        return t
 
-    page_ev = is_ev(_PAGE_EVENTS)
-    o_val, o_ok = _masked(df["order"])
-    if page_ev.any():
-        # only the page events' rows change: work on those (the frame may be large)
-        pr = np.flatnonzero(page_ev)
-        batched_r = is_ev(("kmem:mm_page_free_batched",))[pr] & ~o_ok[pr]
-        ook_r = o_ok[pr] | batched_r
-        o64 = np.where(ook_r, o_val[pr].astype(np.int64), 0)
+    page_t = table(_PAGE_EVENTS)
+    pr = np.flatnonzero(page_t[codes]) if page_t.any() else np.zeros(0, np.int64)
+    if len(pr):
+        # only the page events' rows change
+        o = df["order"].array
+        o_ok_r = ~o._mask[pr]
+        batched_r = table(("kmem:mm_page_free_batched",))[codes[pr]] & ~o_ok_r
+        ook_r = o_ok_r | batched_r
+        o64 = np.where(ook_r, o._data[pr].astype(np.int64), 0)
         o64[batched_r] = 0
         in_p = ook_r & (o64 >= 0) & (o64 <= MAX_ORDER_PAGES)
         in_b = in_p & (o64 <= MAX_ORDER_BYTES)
         pw = np.power(np.int64(2), np.where(in_p, o64, 0))
         del o64
         for col, mult, okc in (("pages", 1, in_p), ("bytes", PAGE_SIZE, in_b)):
-            v_old, ok_old = _masked(df[col])
-            vals = v_old.copy()
-            ok = ok_old.copy()
-            del v_old, ok_old
+            a = df[col].array
+            vals = a._data.copy()
+            mask = a._mask.copy()
             vals[pr] = np.where(okc, pw * mult, 0)
-            ok[pr] = okc
-            vals[~ok] = 0
-            df[col] = pd.arrays.IntegerArray(vals, ~ok)
-            del vals, ok
+            mask[pr] = ~okc
+            vals[mask] = 0
+            df[col] = pd.arrays.IntegerArray(vals, mask)
+            del vals, mask
         del pw
         if batched_r.any():
             batched = np.zeros(n, bool)
             batched[pr[batched_r]] = True
-            df["order"] = pd.arrays.IntegerArray(np.where(batched, 0, o_val).astype(np.int32), ~(o_ok | batched))
-            o_val, o_ok = _masked(df["order"])
-    p_val, p_ok = _masked(df["pages"])
-    kp = ~p_ok & o_ok & ~page_ev & (o_val >= 0) & (o_val <= MAX_ORDER_PAGES)
-    if kp.any():
-        pages = np.where(kp, np.power(np.int64(2), np.where(kp, o_val.astype(np.int64), 0)), p_val)
-        df["pages"] = pd.arrays.IntegerArray(pages, ~(p_ok | kp))
-    a_val, a_ok = _masked(df["accounted"])
-    by_gfp = is_ev(_GFP_EVENTS) & ~a_ok
-    if by_gfp.any():
-        acc = np.zeros(n, bool)
-        acc_ok = np.zeros(n, bool)
-        g_val, g_ok = _masked(df["gfp"])
-        if g_ok.any():
-            acc = (g_val & np.uint64(GFP_ACCOUNT)) != 0
-            acc_ok = g_ok.copy()
-        f = df["gfp_flags"].array
-        if (f.codes >= 0).any():
-            has = np.array(["ACCOUNT" in str(c) for c in f.categories] + [False], bool)
-            fc = f.codes.astype(np.int64)
-            fill = ~acc_ok & (fc >= 0)
-            acc = np.where(fill, has[fc], acc)
-            acc_ok |= fill
-        new_val = np.where(by_gfp, acc, a_val)
-        new_ok = np.where(by_gfp, acc_ok, a_ok)
-        df["accounted"] = pd.arrays.BooleanArray(new_val & new_ok, ~new_ok)
+            df["order"] = pd.arrays.IntegerArray(np.where(batched, 0, o._data).astype(np.int32), o._mask & ~batched)
+    # kprobes: order= without nr= → pages
+    o = df["order"].array
+    cand = np.flatnonzero(~o._mask)
+    if len(cand):
+        ov = o._data[cand]
+        p = df["pages"].array
+        sel = p._mask[cand] & ~page_t[codes[cand]] & (ov >= 0) & (ov <= MAX_ORDER_PAGES)
+        if sel.any():
+            kr = cand[sel]
+            pages = p._data.copy()
+            mask = p._mask.copy()
+            pages[kr] = np.power(np.int64(2), ov[sel].astype(np.int64))
+            mask[kr] = False
+            df["pages"] = pd.arrays.IntegerArray(pages, mask)
+    # accounted from gfp, for the events whose gfp says it and that do not print accounted=
+    gfp_t = table(_GFP_EVENTS)
+    if gfp_t.any():
+        a = df["accounted"].array
+        r = np.flatnonzero(gfp_t[codes])
+        r = r[a._mask[r]]
+        if len(r):
+            acc = np.zeros(len(r), bool)
+            acc_ok = np.zeros(len(r), bool)
+            g = df["gfp"].array
+            g_ok = ~g._mask[r]
+            if g_ok.any():
+                acc = (g._data[r] & np.uint64(GFP_ACCOUNT)) != 0
+                acc_ok = g_ok
+            f = df["gfp_flags"].array
+            fc = f.codes[r].astype(np.int64)
+            if (fc >= 0).any():
+                has = np.array(["ACCOUNT" in str(c) for c in f.categories] + [False], bool)
+                fill = ~acc_ok & (fc >= 0)
+                acc = np.where(fill, has[fc], acc)
+                acc_ok = acc_ok | fill
+            vals = a._data & ~a._mask
+            mask = a._mask.copy()
+            vals[r] = acc & acc_ok
+            mask[r] = ~acc_ok
+            df["accounted"] = pd.arrays.BooleanArray(vals, mask)
     return df
 
 
