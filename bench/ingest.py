@@ -1,6 +1,6 @@
 """Ingest speed and memory, on demand (never in tests).
 
-    python bench/ingest.py [--trace TRACE.txt] [--events 1000000] [--workdir DIR]
+    python bench/ingest.py [--trace TRACE.txt] [--events 1000000] [--workdir DIR] [--repeat N]
 
 Builds a text capture of at least --events events by repeating a real lab capture with shifted
 timestamps, and a perfetto trace of the same events encoded with the perfetto package's protos;
@@ -8,7 +8,11 @@ then, each in a fresh subprocess, times memtrace's loaders, a plain read of the 
 `trace-cmd report` when a trace.dat is given (--trace-dat). Peak memory is the child's VmHWM (its own
 peak RSS) minus its RSS before the load, compared with the frame's memory_usage(deep=True); ru_maxrss
 is not used for it because Linux carries the parent's peak RSS into it across fork+exec (the bench
-parent holds a whole frame while it builds the perfetto trace). Time is wall clock and CPU time.
+parent holds a whole frame while it builds the perfetto trace). Time is wall clock and CPU time
+(user + system, all threads). Other work on the machine (QEMU guests of the lab) slows the wall
+clock: the output records the load average and the QEMU processes running before and after, and
+with --repeat N each load runs N times (each in a fresh process) and the median run is reported,
+with the fastest and slowest wall times beside it.
 """
 
 from __future__ import annotations
@@ -65,6 +69,19 @@ print(json.dumps(res))
 """
 
 
+def machine() -> dict:
+    """What else is running: 1-minute load average and QEMU guests (the lab's, or anyone's)."""
+    qemu = 0
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open(f"/proc/{pid}/comm") as f:
+                    qemu += f.read().startswith("qemu-system")
+            except OSError:
+                pass
+    return {"loadavg_1m": round(os.getloadavg()[0], 2), "qemu_processes": qemu}
+
+
 def child(mode, path):
     p = subprocess.run([sys.executable, "-c", CHILD, mode, path], capture_output=True, text=True)
     if p.returncode:
@@ -98,6 +115,7 @@ def main():
     ap.add_argument("--events", type=int, default=1_000_000)
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--trace-dat", default=None, help="a real trace.dat to compare trace-cmd report with")
+    ap.add_argument("--repeat", type=int, default=1, help="loads per format (fresh process each); the median is reported")
     a = ap.parse_args()
     wd = a.workdir or tempfile.mkdtemp(prefix="memtrace-bench-")
     os.makedirs(wd, exist_ok=True)
@@ -129,8 +147,10 @@ def main():
         del df
         print(f"perfetto trace: {os.path.getsize(pft) / 1e6:.0f} MB ({time.perf_counter() - t:.1f}s to encode)", file=sys.stderr)
     rows = []
+    before = machine()
     for label, path in (("text", txt), ("perfetto", pft)):
-        m = child("memtrace", path)
+        runs = sorted((child("memtrace", path) for _ in range(max(a.repeat, 1))), key=lambda m: m["seconds"])
+        m = runs[len(runs) // 2]
         rd = child("read", path)
         ln = child("lines", path) if label == "text" else None
         r = {
@@ -149,13 +169,17 @@ def main():
         if ln:
             r["line_iter_s"] = round(ln["seconds"], 3)
             r["memtrace_over_line_iter"] = round(m["seconds"] / ln["seconds"], 1)
+        if len(runs) > 1:
+            r["runs"] = len(runs)
+            r["memtrace_s_fastest"] = round(runs[0]["seconds"], 3)
+            r["memtrace_s_slowest"] = round(runs[-1]["seconds"], 3)
         rows.append(r)
     if a.trace_dat and shutil.which("trace-cmd"):
         tc = child("trace-cmd", a.trace_dat)
         rows.append({"format": "trace.dat via trace-cmd report", "trace_cmd_report_s": round(tc["seconds"], 3)})
     else:
-        rows.append({"format": "trace-cmd report", "note": "no trace.dat given (none can be recorded on this host)" if shutil.which("trace-cmd") else "trace-cmd not installed"})
-    print(json.dumps({"cpus": os.cpu_count(), "results": rows}, indent=1))
+        rows.append({"format": "trace-cmd report", "note": "no trace.dat given (--trace-dat FILE; fixtures/captures/*.trace.dat are real lab recordings)" if shutil.which("trace-cmd") else "trace-cmd not installed"})
+    print(json.dumps({"cpus": os.cpu_count(), "machine_before": before, "machine_after": machine(), "results": rows}, indent=1))
 
 
 if __name__ == "__main__":
