@@ -181,14 +181,14 @@ class _Symbols:
         return b"%s+0x%x/0x%x%s" % (name, addr - start, size, mod)
 
 
-_MARKER = re.compile(rb"(\d: )print: +([A-Za-z_][\w.]*: )")
+_MARKER = re.compile(rb": print: +([A-Za-z_][\w.]*: )")
 _NIL = re.compile(rb"=\(nil\)(?=[ \n])")
 _CALL_SITE = re.compile(rb"( call_site=)([A-Za-z_][\w.]*)\+0x([0-9a-f]+)(?=[ \n])")
 
 
 def _as_tracefs_text(data: bytes, path: str, exe: str, entry: set[str], ret: set[str]) -> bytes:
     """trace-cmd report text → tracefs' spelling (module docstring)."""
-    data = _MARKER.sub(rb"\1\2", data)
+    data = _MARKER.sub(rb": \1", data)
     data = _NIL.sub(b"=0x0", data)
     syms = _Symbols(_run(exe, ["dump", "--kallsyms"], path))
     sizes: dict[bytes, bytes] = {}
@@ -206,33 +206,37 @@ def _as_tracefs_text(data: bytes, path: str, exe: str, entry: set[str], ret: set
     return _symbolise_kprobes(data, entry, ret, syms)
 
 
+#: a kprobe's "(%lx)" or a kretprobe's "(%lx <- %lx)" right after the event name's colon
+_RAW_IP = re.compile(rb":( +)\(([0-9a-f]{16})(?: <- ([0-9a-f]{16}))?\)")
+
+
 def _symbolise_kprobes(data: bytes, entry: set[str], ret: set[str], syms: "_Symbols") -> bytes:
     if not (entry | ret):
         return data
-    cache: dict[bytes, bytes] = {}
-    names = b"|".join(re.escape(n.encode()) for n in sorted(entry | ret, key=len, reverse=True))
-    pat = re.compile(rb" (" + names + rb"): +\(([0-9a-f]{1,16})(?: <- ([0-9a-f]{1,16}))?\)")
-    ret_b = {n.encode() for n in ret}
+    entry_b, ret_b = {n.encode() for n in entry}, {n.encode() for n in ret}
+    cache: dict[tuple, bytes] = {}
 
     def sub(m: re.Match) -> bytes:
-        key = m.group(0)
+        # the event name: from the space before it to the colon this match starts at
+        name = data[data.rfind(b" ", 0, m.start()) + 1: m.start()]
+        key = (name, m.group(0))
         got = cache.get(key)
         if got is None:
-            name, a, b = m.group(1), m.group(2), m.group(3)
-            got = key
-            if b is None and name not in ret_b:
+            pad, a, b = m.group(1), m.group(2), m.group(3)
+            got = m.group(0)
+            if b is None and name in entry_b:
                 s = syms.lookup(int(a, 16))
                 if s:
-                    got = key[: m.start(2) - m.start(0) - 1] + b"(" + s + b")"
+                    got = b":" + pad + b"(" + s + b")"
             elif b is not None and name in ret_b:
                 # trace-cmd: (func <- ret_ip); tracefs: (ret_ip as sym+off/size <- func as sym)
                 f, r = syms.lookup(int(a, 16), offset=False), syms.lookup(int(b, 16))
                 if f and r:
-                    got = key[: m.start(2) - m.start(0) - 1] + b"(" + r + b" <- " + f + b")"
+                    got = b":" + pad + b"(" + r + b" <- " + f + b")"
             cache[key] = got
         return got
 
-    return pat.sub(sub, data)
+    return _RAW_IP.sub(sub, data)
 
 
 def _exe(path: str, trace_cmd: str | None) -> str:
@@ -255,9 +259,9 @@ def load_trace_dat(path: str, *, kprobe_groups=None, trace_cmd: str | None = Non
     named = [b["name"] for b in bufs if b["name"]]
     if len(bufs) > 1 and named:
         # `NAME:` before each event line of a file with several buffers
-        pat = re.compile(rb"^(?:" + b"|".join(re.escape(n.encode()) for n in sorted(named, key=len, reverse=True)) + rb"):",
-                         re.M)
-        data = pat.sub(b"", data)
+        for n in sorted(named, key=len, reverse=True):
+            tag = n.encode() + b":"
+            data = (data[len(tag):] if data.startswith(tag) else data).replace(b"\n" + tag, b"\n")
     entry, ret = kprobe_events(path, trace_cmd=exe)
     data = _as_tracefs_text(data, path, exe, entry, ret)
     # a trace.dat names each kprobe event's group (system) itself; a caller's mapping wins
