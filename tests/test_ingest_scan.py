@@ -293,6 +293,7 @@ def test_missing_extension_is_an_environment_error(monkeypatch):
         return real(name, globals, locals, fromlist, level)
 
     monkeypatch.setattr(builtins, "__import__", fake)
+    monkeypatch.setattr(ft, "_SCAN_OK", [])
     with pytest.raises(EnvironmentProblem, match=r"not built .*pip install -e ") as e:
         ft.parse_ftrace_text(BODY[0] + b"\n")
     assert e.value.exit_code == EXIT_ENVIRONMENT
@@ -334,3 +335,14 @@ print(hwm() - base)
     assert int(p.stdout) < 200_000, p.stdout  # kB
     lines = [b"  x-5  [0] ..... 1.%06d: ev%d: k%d=%d v=1" % (i, i % 700, i, i) for i in range(3000)]
     same(b"\n".join(lines) + b"\n")
+
+
+def test_stale_build_is_an_environment_error(monkeypatch):
+    """A build from another version of _ftrace_scan.c (the checkout changed after `pip install -e`)
+    is refused, naming the rebuild, rather than run."""
+    mod = ft._scan_module()
+    assert len(mod.SOURCE_SHA256) == 64
+    monkeypatch.setattr(ft, "_SCAN_OK", [])
+    monkeypatch.setattr(mod, "SOURCE_SHA256", "0" * 64)
+    with pytest.raises(EnvironmentProblem, match=r"built from another version of .*_ftrace_scan\.c; rebuild it with: "):
+        ft.parse_ftrace_text(BODY[0] + b"\n")

@@ -1518,8 +1518,11 @@ PyMODINIT_FUNC PyInit__ftrace_scan(void)
         Py_DECREF(m);
         return NULL;
     }
+#ifndef SCAN_SOURCE_SHA256
+#define SCAN_SOURCE_SHA256 ""
+#endif
     if (PyModule_AddIntConstant(m, "COL_CAT0", COL_CAT0) < 0 || PyModule_AddIntConstant(m, "COL_BOOL", COL_BOOL) < 0 ||
-        PyModule_AddIntConstant(m, "ABI", 1) < 0) {
+        PyModule_AddStringConstant(m, "SOURCE_SHA256", SCAN_SOURCE_SHA256) < 0) {
         Py_DECREF(m);
         return NULL;
     }

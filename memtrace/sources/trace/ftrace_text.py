@@ -19,6 +19,7 @@ trace-cmd's `cpus=N`) is counted as malformed and dropped.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from dataclasses import dataclass, field
@@ -750,14 +751,30 @@ _SCAN_CAT = ("comm", "call_site", "gfp_flags", "cgroup_path")
 _CHECKOUT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 
+_SCAN_OK: list = []
+
+
 def _scan_module():
+    """The built scanner; EnvironmentProblem (exit 3) when it is missing or built from another
+    version of `_ftrace_scan.c` than the one beside it (a checkout changed since `pip install -e`)."""
+    if _SCAN_OK:
+        return _SCAN_OK[0]
+    rebuild = f"rebuild it with: python3 -m pip install -e {_CHECKOUT}"
     try:
         from memtrace.sources.trace import _ftrace_scan
     except ImportError as e:
         raise EnvironmentProblem(
-            f"the ftrace text scanner (memtrace/sources/trace/_ftrace_scan.c) is not built ({e}); "
-            f"rebuild it with: python3 -m pip install -e {_CHECKOUT}"
-        ) from None
+            f"the ftrace text scanner (memtrace/sources/trace/_ftrace_scan.c) is not built ({e}); {rebuild}") from None
+    src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_ftrace_scan.c")
+    try:
+        with open(src, "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()
+    except OSError:  # an installed package without its C source: nothing to compare
+        digest = None
+    if digest is not None and getattr(_ftrace_scan, "SOURCE_SHA256", "") != digest:
+        raise EnvironmentProblem(
+            f"the ftrace text scanner was built from another version of {src}; {rebuild}")
+    _SCAN_OK.append(_ftrace_scan)
     return _ftrace_scan
 
 
