@@ -119,6 +119,11 @@ def package_dir() -> Path:
     return Path(memtrace.__file__).resolve().parent
 
 
+def probes_dir() -> Path:
+    """The probe definitions next to the package (memtrace.sources.trace.probedefs.default_definitions)."""
+    return package_dir().parent / "probes"
+
+
 def _tree_hash(root: Path) -> str:
     h = hashlib.sha256()
     for p in sorted(root.rglob("*")):
@@ -137,6 +142,7 @@ def inputs(kernel: Kernel) -> dict:
         "executable": sys.executable,
         "packages": {n: d.version for n, d in closure().items()},
         "memtrace_tree": _tree_hash(package_dir()),
+        "probes_tree": _tree_hash(probes_dir()),
         # files sit at their host paths: the same tree in another checkout is another image
         "memtrace_dir": str(package_dir()),
         "kernel_release": kernel.release,
@@ -298,6 +304,8 @@ def build(kernel: Kernel, *, progress=None) -> Path:
                 stage.add(f)
                 if f.suffix == ".py":
                     sources.append(f)
+        for f in sorted(probes_dir().glob("*.toml")):  # `memtrace capture` in the guest reads them
+            stage.add(f)
         for f in sources:
             stage.add_pyc(f)
         # shared libraries: for the interpreter and every extension module copied
@@ -422,7 +430,8 @@ def prepare(kernel: Kernel, *, progress=None) -> tuple[dict[str, bytes], tuple[s
     from memtrace.lab.initramfs import guest_file
 
     image = build(kernel, progress=progress)
-    extra = {"memtrace/live.sh": guest_file("live.sh"), "memtrace/live.env": guest_env(kernel).encode()}
+    extra = {"memtrace/live.sh": guest_file("live.sh"), "memtrace/live-lib.sh": guest_file("live-lib.sh"),
+             "memtrace/live.env": guest_env(kernel).encode()}
     return extra, qemu_args(image), image
 
 

@@ -10,6 +10,7 @@ Output folder (written as ``<out>.partial-*`` and renamed into place only when c
                    trace-cmd`), with trace-cmd.log (its output and per-CPU statistics)
     serial.log     the guest console
     scenario.log   the scenario's stdout and stderr
+    files/         whatever the scenario wrote in /out/files in the guest (its own artefacts)
     vmcore         ELF core of the guest at the end (QMP dump-guest-memory); not with --no-vmcore
 """
 
@@ -181,6 +182,8 @@ def run(
             (work / "truth.json").write_text(json.dumps(truth, indent=1) + "\n")
             os.replace(g / "trace.txt", work / "trace.txt")
             os.replace(g / "scenario.log", work / "scenario.log")
+            if (g / "files").is_dir():  # a scenario's own artefacts (/out/files in the guest)
+                os.replace(g / "files", work / "files")
             if recorder == "trace-cmd":
                 for f in ("trace.dat", "trace-cmd.log"):
                     if (g / f).exists():

@@ -1,75 +1,7 @@
 # memtrace lab guest: `memtrace snapshot --live` inside the guest (lab run --live-snapshot).
 #
-# Sourced by /init after the scenario's last step and the trace stop, before the results
-# are written. /memtrace/live.env (memtrace.lab.pyroot.guest_env) names the interpreter,
-# the vmlinux and the serial of the disk holding them (memtrace.lab.pyroot builds it; the
-# files sit at their host paths, so the guest chroots into the disk and runs them as is).
-# Leaves in /out:
-#   live-snapshot.json   stdout of `memtrace snapshot --live --json`
-#   live-snapshot.err    its stderr
-#   live.snapshot        its -o snapshot file
-#   live-nonroot.err     stderr of the same command run as uid/gid 65534
-#   live-snapshot.txt    rc=, nonroot_rc=, and /proc/uptime stamps around each run
-# A scenario may leave a background job changing the kernel during the walk (e.g.
-# tests/scenarios/live_churn.sh): it should stop once /tmp/live-snapshot.done exists and
-# hold /tmp/live-background.running while it runs; live.sh creates the first after the
-# root run and waits (at most 60 s) for the second to go, so /out is complete when written.
-. /memtrace/live.env
-
-mt_live_py() {
-	env -i PATH=/bin:/sbin:/usr/bin:/usr/sbin HOME=/mt-tmp TMPDIR=/mt-tmp TERM=dumb PYTHONUTF8=1 PYTHONDONTWRITEBYTECODE=1 \
-		PYTHONPATH="$MT_PYTHONPATH" chroot "$MT_PYROOT" "$MT_PY" "$@"
-}
-
-mt_live_snapshot() {
-	_r=$MT_PYROOT
-	_txt=/out/live-snapshot.txt
-	: > "$_txt"
-	if ! _dev=$(mt_disk "$MT_PYROOT_SERIAL"); then
-		echo "MEMTRACE-ERROR live snapshot: no disk with serial $MT_PYROOT_SERIAL" > /dev/console
-		echo "rc=setup" >> "$_txt"
-		return 1
-	fi
-	mkdir -p "$_r"
-	if ! mount -t ext4 -o ro "$_dev" "$_r"; then
-		echo "MEMTRACE-ERROR live snapshot: cannot mount $_dev" > /dev/console
-		echo "rc=setup" >> "$_txt"
-		return 1
-	fi
-	mount -o bind /proc "$_r/proc"
-	mount -o bind /sys "$_r/sys"
-	mount -o bind /sys/fs/cgroup "$_r/sys/fs/cgroup"
-	mount -o bind /sys/fs/bpf "$_r/sys/fs/bpf"
-	mount -o bind /dev "$_r/dev"
-	mount -o bind /out "$_r/out"
-	mount -t tmpfs tmpfs "$_r/mt-tmp"
-	echo "device=$_dev" >> "$_txt"
-	echo "start=$(cut -d' ' -f1 /proc/uptime)" >> "$_txt"
-	echo "MEMTRACE-LIVE snapshot --live started" > /dev/console
-	mt_live_py -m memtrace snapshot --live --vmlinux "$MT_VMLINUX" -o /out/live.snapshot --json \
-		> /out/live-snapshot.json 2> /out/live-snapshot.err
-	_rc=$?
-	echo "end=$(cut -d' ' -f1 /proc/uptime)" >> "$_txt"
-	echo "rc=$_rc" >> "$_txt"
-	echo "MEMTRACE-LIVE snapshot --live rc=$_rc" > /dev/console
-	: > /tmp/live-snapshot.done
-	_n=0
-	while [ -e /tmp/live-background.running ] && [ "$_n" -lt 300 ]; do
-		sleep 0.2
-		_n=$((_n + 1))
-	done
-	# the same command without root: must fail with one line and the documented status
-	mt_live_py -c 'import os, sys
-os.setgroups([]); os.setgid(65534); os.setuid(65534)
-os.execv(sys.executable, [sys.executable] + sys.argv[1:])' \
-		-m memtrace snapshot --live --vmlinux "$MT_VMLINUX" > /out/live-nonroot.out 2> /out/live-nonroot.err
-	echo "nonroot_rc=$?" >> "$_txt"
-	echo "nonroot_end=$(cut -d' ' -f1 /proc/uptime)" >> "$_txt"
-	for _m in mt-tmp out dev sys/fs/bpf sys/fs/cgroup sys proc; do
-		umount "$_r/$_m"
-	done
-	umount "$_r"
-	return 0
-}
-
+# Sourced by /init after the scenario's last step and the trace stop; the functions are in
+# live-lib.sh, which a scenario may source itself to run memtrace in the guest while it runs
+# (mt_live_mount, mt_live_py, mt_live_umount; e.g. tests/scenarios/capture_live.sh).
+. /memtrace/live-lib.sh
 mt_live_snapshot
