@@ -1,7 +1,8 @@
-"""The fast ftrace text path (layouts checked with 8-byte reads, chunks) against the reference path
-(the regex per line for every header and field list): identical frames and stats, on the
-committed excerpts, on a capture generated from them with odd lines of every kind the fast path
-must hand over, across chunk boundaries, and on a full lab capture when one is on this machine."""
+"""The ftrace text scanner (the C extension, fed in chunks) against the reference path (the regex
+per line for every header and field list): identical frames and stats, on the committed excerpts,
+on a capture generated from them with odd lines of every kind the scanner must hand over, across
+chunk boundaries, and on a full lab capture when one is on this machine. Random and damaged input,
+and the extension's own API: tests/test_ingest_scan.py."""
 
 from __future__ import annotations
 
