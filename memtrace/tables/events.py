@@ -182,6 +182,10 @@ class IngestStats:
     lost_events: int = 0
     #: places where loss is flagged without a count (perfetto `lost_events: true` bundles)
     lost_event_flags: int = 0
+    #: probe hits the kernel counted but recorded no event for (a `memtrace capture` header's
+    #: kprobe_profile misses: a kretprobe's maxactive instances all in use, a kprobe hit
+    #: inside another probe's handler)
+    probe_misses: int = 0
     #: the capture ended mid-record (partial last line, cut protobuf)
     truncated: bool = False
     warnings: list[str] | None = None
@@ -204,6 +208,7 @@ class IngestStats:
             "values_out_of_range": self.values_out_of_range,
             "lost_events": self.lost_events,
             "lost_event_flags": self.lost_event_flags,
+            "probe_misses": self.probe_misses,
             "truncated": self.truncated,
             "warnings": list(self.warnings or []),
         }

@@ -1069,15 +1069,25 @@ def parse_ftrace_text_reference(data, *, path: str = "<buffer>", fmt: str = "ftr
 
 
 def load_ftrace_text(path: str, *, kprobe_groups=None, fmt: str = "ftrace-text", chunk_bytes: int = CHUNK_BYTES) -> tuple[pd.DataFrame, IngestStats]:
+    from memtrace.sources.trace.capture import apply_capture_summary, capture_kprobe_groups, read_capture_header
+
     try:
         f = open(path, "rb")
     except OSError as e:
         raise InputError(f"{path}: cannot read: {e.strerror or e}") from None
     with f:
+        # a `memtrace capture` file names its probes' groups and its losses in its header
+        cap = read_capture_header(f.read(1 << 16))
+        f.seek(0)
+        if cap:
+            kprobe_groups = {**capture_kprobe_groups(cap), **(kprobe_groups or {})}
         try:
-            return _run(_file_chunks(f, chunk_bytes), path=path, fmt=fmt, kprobe_groups=kprobe_groups, stats=None)
+            df, st = _run(_file_chunks(f, chunk_bytes), path=path, fmt=fmt, kprobe_groups=kprobe_groups, stats=None)
         except OSError as e:
             raise InputError(f"{path}: cannot read: {e.strerror or e}") from None
+    if cap:
+        apply_capture_summary(st, cap)
+    return df, st
 
 
 __all__ = ["parse_ftrace_text", "load_ftrace_text", "canonical_event", "kprobe_groups_from_defs", "empty_events"]
