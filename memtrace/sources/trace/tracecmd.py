@@ -249,7 +249,17 @@ def _exe(path: str, trace_cmd: str | None) -> str:
 def load_trace_dat(path: str, *, kprobe_groups=None, trace_cmd: str | None = None) -> tuple[pd.DataFrame, IngestStats]:
     """A trace.dat, converted with `trace-cmd report -t -N` (see the module docstring)."""
     exe = _exe(path, trace_cmd)
-    bufs = buffers(path, trace_cmd=exe)
+    notes: list[str] = []
+
+    def optional(fn, default):
+        # the metadata steps: a trace-cmd too old for one (no `dump`) costs that step only
+        try:
+            return fn()
+        except InputError as e:
+            notes.append(f"{e}; read without it")
+            return default
+
+    bufs = optional(lambda: buffers(path, trace_cmd=exe), [])
     with tempfile.TemporaryDirectory(prefix="memtrace-tracecmd-") as d:
         out = os.path.join(d, "report.txt")
         with open(out, "wb") as f:
@@ -262,10 +272,10 @@ def load_trace_dat(path: str, *, kprobe_groups=None, trace_cmd: str | None = Non
         for n in sorted(named, key=len, reverse=True):
             tag = n.encode() + b":"
             data = (data[len(tag):] if data.startswith(tag) else data).replace(b"\n" + tag, b"\n")
-    entry, ret = kprobe_events(path, trace_cmd=exe)
-    data = _as_tracefs_text(data, path, exe, entry, ret)
+    entry, ret = optional(lambda: kprobe_events(path, trace_cmd=exe), (set(), set()))
+    data = optional(lambda: _as_tracefs_text(data, path, exe, entry, ret), data)
     # a trace.dat names each kprobe event's group (system) itself; a caller's mapping wins
-    systems = event_systems(path, trace_cmd=exe)
+    systems = optional(lambda: event_systems(path, trace_cmd=exe), {})
     groups = {n: systems[n] for n in entry | ret if n in systems}
     groups.update(kprobe_groups or {})
     df, st = parse_ftrace_text(data, path=path, fmt="trace.dat", kprobe_groups=groups)
@@ -273,9 +283,11 @@ def load_trace_dat(path: str, *, kprobe_groups=None, trace_cmd: str | None = Non
     if len(with_data) > 1:
         st.warn(f"events of {len(with_data)} buffers ({', '.join(with_data)}) are merged into one table")
     lost = 0
-    for per_cpu in cpu_stats(path, trace_cmd=exe).values():
+    for per_cpu in optional(lambda: cpu_stats(path, trace_cmd=exe), {}).values():
         for s in per_cpu.values():
             lost += int(s.get("overrun", 0)) + int(s.get("dropped events", 0))
+    for n in notes:
+        st.warn(n)
     if lost > st.lost_events:
         st.warn(f"the kernel's statistics saved in the trace.dat count {lost} events lost (overrun or dropped)")
         st.lost_events = lost
