@@ -7,7 +7,8 @@ Output folder (written as ``<out>.partial-*`` and renamed into place only when c
     trace.txt      ftrace text of kmem, percpu, cgroup (vmalloc on 6.12) events over the run
     trace.dat      recorder="trace-cmd" only: `trace-cmd record` of the same run (its own
                    tracefs instance, same clock; the events of `memtrace probes --format
-                   trace-cmd`), with trace-cmd.log (its output and per-CPU statistics)
+                   trace-cmd`), with trace-cmd.log (its output); meta.json's trace.trace_cmd
+                   has the command and the ring-buffer statistics saved in trace.dat
     serial.log     the guest console
     scenario.log   the scenario's stdout and stderr
     files/         whatever the scenario wrote in /out/files in the guest (its own artefacts)
