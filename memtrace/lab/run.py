@@ -285,6 +285,13 @@ def _trace_meta(g: Path, work: Path | None = None) -> dict:
                 except ValueError:
                     pass
             stats[f.name] = kv
+    from memtrace.sources.trace.capture import defined_kprobes, match_kprobe_profile
+
+    installed = (g / "kprobe_events.installed").read_text() if (g / "kprobe_events.installed").exists() else ""
+    profile, unmatched = {}, []
+    if (g / "kprobe_profile.txt").exists() and installed:
+        profile, unmatched = match_kprobe_profile((g / "kprobe_profile.txt").read_text(), defined_kprobes(installed), installed)
+    misses = {ev: v["misses"] for ev, v in profile.items() if v["misses"]}
     enabled = (g / "events-enabled.txt").read_text().split() if (g / "events-enabled.txt").exists() else []
     probe_errors = (g / "probe-errors.txt").read_text().splitlines() if (g / "probe-errors.txt").exists() else []
     return {
@@ -294,8 +301,11 @@ def _trace_meta(g: Path, work: Path | None = None) -> dict:
         "per_cpu_stats": stats,
         "overruns": sum(s.get("overrun", 0) for s in stats.values()),
         "probe_errors": probe_errors,
-        "kprobe_events_installed": (g / "kprobe_events.installed").read_text().splitlines()
-        if (g / "kprobe_events.installed").exists()
-        else [],
+        "kprobe_events_installed": installed.splitlines(),
+        # kprobe_profile at the end: {group/name: {"hits", "misses"}}; a miss loses an event like an overrun
+        "probe_profile": profile,
+        "probe_profile_unmatched": unmatched,
+        "probe_misses": misses,
+        "probe_misses_total": sum(misses.values()),
         **({"trace_cmd": tc} if work is not None and (tc := _trace_cmd_meta(g, work)) else {}),
     }

@@ -164,6 +164,9 @@ mt_trace_start() {
 
 mt_trace_stop() {
 	echo 0 > "$TRACEFS/tracing_on"
+	# each kprobe's hits and misses (a kretprobe with all maxactive instances in use, or a
+	# kprobe hit inside another probe's handler, records no event and only counts a miss)
+	cat "$TRACEFS/kprobe_profile" > /out/kprobe_profile.txt 2> /dev/null
 	cp "$TRACEFS/trace" /out/trace.txt
 	mkdir -p /out/trace-stats
 	_cpu=0
