@@ -58,7 +58,7 @@ elif mode == 'memtrace':
     res['frame_bytes'] = int(df.memory_usage(deep=True).sum())
     res['malformed'] = st.malformed
 elif mode == 'trace-cmd':
-    p = subprocess = __import__('subprocess').run(['trace-cmd', 'report', '-i', path], stdout=__import__('subprocess').DEVNULL)
+    p = subprocess = __import__('subprocess').run(['trace-cmd', 'report', '-t', '-N', '-i', path], stdout=__import__('subprocess').DEVNULL)
 res['seconds'] = time.perf_counter() - t
 ru = resource.getrusage(resource.RUSAGE_SELF)
 res['cpu_seconds'] = ru.ru_utime + ru.ru_stime - cpu0
@@ -175,8 +175,16 @@ def main():
             r["memtrace_s_slowest"] = round(runs[-1]["seconds"], 3)
         rows.append(r)
     if a.trace_dat and shutil.which("trace-cmd"):
+        # memtrace reads a trace.dat through `trace-cmd report`: the baseline is that alone
         tc = child("trace-cmd", a.trace_dat)
-        rows.append({"format": "trace.dat via trace-cmd report", "trace_cmd_report_s": round(tc["seconds"], 3)})
+        m = child("memtrace", a.trace_dat)
+        rows.append({
+            "format": "trace.dat", "events": m["events"], "memtrace_s": round(m["seconds"], 3),
+            "events_per_s": round(m["events"] / m["seconds"]), "trace_cmd_report_s": round(tc["seconds"], 3),
+            "memtrace_over_trace_cmd_report": round(m["seconds"] / tc["seconds"], 2),
+            "peak_mb": round(m["peak_kb_over_base"] / 1024, 1), "frame_mb": round(m["frame_bytes"] / 2**20, 1),
+            "peak_over_frame": round(m["peak_kb_over_base"] * 1024 / m["frame_bytes"], 2),
+        })
     else:
         rows.append({"format": "trace-cmd report", "note": "no trace.dat given (--trace-dat FILE; fixtures/captures/*.trace.dat are real lab recordings)" if shutil.which("trace-cmd") else "trace-cmd not installed"})
     print(json.dumps({"cpus": os.cpu_count(), "machine_before": before, "machine_after": machine(), "results": rows}, indent=1))
