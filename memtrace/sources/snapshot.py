@@ -274,6 +274,7 @@ def take_snapshot(prog, target: dict, progress: Progress | None = None) -> Snaps
         row = None
         map_batches: list = []
         before = walker.stats.truncated_chains
+        faults_before = walker.stats.faults  # faults the walker caught and walked past
         notes_before = len(walker.stats.notes)
         try:
             mid = m.id.value_()
@@ -282,7 +283,7 @@ def take_snapshot(prog, target: dict, progress: Progress | None = None) -> Snaps
             except read_errors:
                 map_faults += 1
                 complete = False
-            if walker.stats.truncated_chains != before:
+            if walker.stats.truncated_chains != before or walker.stats.faults != faults_before:
                 complete = False
             kind, owner = kbpf.bpf_map_owner(m)
             row = {
@@ -344,7 +345,9 @@ def take_snapshot(prog, target: dict, progress: Progress | None = None) -> Snaps
             if not listed:
                 # its garbage reads are no cut chains or unknown areas: it is just gone
                 walker.stats.truncated_chains = before
+                walker.stats.faults = faults_before
                 del walker.stats.notes[notes_before:]
+                walker.forget_map(mid)
                 vanished += 1
                 notes.append(f"a map at {addr:#x} (read as id {mid}) was freed during the walk; left out")
                 continue

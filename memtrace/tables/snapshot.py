@@ -71,7 +71,9 @@ ALLOCATIONS = [
         False,
         "what it is for: map_struct, buckets, elems, element, value, value_handle, map_locked, elem_count, "
         "extra_elems, bpf_ma_cached, bpf_ma_cached_value, ringbuf_page, ringbuf_pages_array, trie_node, "
-        "inner_map_meta, vm_pages_array",
+        "local_storage (a socket's/inode's/task's/cgroup's struct bpf_local_storage, listed once, under the "
+        "map it was allocated through when the kernel records it, else the first map walked with an element "
+        "on it), inner_map_meta, vm_pages_array",
     ),
     C("kind", "string", "", False, "slab_object | large_kmalloc | page | vmalloc_page | percpu | unknown"),
     C("address", "uint64", "address", False, "start of the object/page; per-CPU: the __percpu pointer"),

@@ -19,6 +19,19 @@ Where each map type's memory lives (see kernel-notes §2), per version:
   ``rb->nr_pages`` pages charged one by one (the vmap has no ``vm->pages``).
 * LPM trie: ``struct lpm_trie`` (area) and one kmalloc per node, reached from
   ``trie->root`` (bpf_mem_alloc since ~6.13: then its free lists too).
+* local storage (SK_STORAGE, INODE_STORAGE, TASK_STORAGE, CGRP_STORAGE; kernel-notes §2.6):
+  ``struct bpf_local_storage_map`` (area), the ``buckets`` array (``bpf_map_kvcalloc``
+  inside ``map_alloc``, before ``map->objcg`` is set: uncharged on 6.0+), one element
+  (``struct bpf_local_storage_elem``, ``smap->elem_size`` bytes) per owner (socket, inode,
+  task, cgroup) reached through the buckets' ``map_node`` hlists, and each owner's
+  ``struct bpf_local_storage`` (``selem->local_storage``). One storage is shared by every
+  map with an element on that owner but was allocated, and charged, through one of them:
+  6.12 records that map in ``local_storage->smap`` (cleared when that map's element on the
+  owner goes), 6.1 does not. The storage is listed once: under ``local_storage->smap``
+  when set, else under the first map walked that has an element on it. Both are
+  ``bpf_map_kzalloc`` on 6.1; on 6.12 task and cgroup storage (``smap->bpf_ma``) take them
+  from the map's ``selem_ma``/``storage_ma`` bpf_mem_alloc instead, whose free lists are
+  listed too.
 * any other type: the area holding the map struct only.
 
 Inner maps of map-in-map types are ordinary maps in ``map_idr``; they are not followed
@@ -53,6 +66,11 @@ ARRAY_TYPES = {"array", "percpu_array", "prog_array", "perf_event_array", "cgrou
 PERCPU_HASH_TYPES = {"percpu_hash", "lru_percpu_hash"}
 LRU_TYPES = {"lru_hash", "lru_percpu_hash"}
 FD_VALUE_TYPES = {"prog_array", "perf_event_array", "cgroup_array", "array_of_maps", "hash_of_maps"}
+#: kernel/bpf/bpf_local_storage.c maps (not the legacy CGROUP_STORAGE of local_storage.c)
+LOCAL_STORAGE_TYPES = {"sk_storage", "inode_storage", "task_storage", "cgrp_storage"}
+#: most elements one local-storage map walk reads before calling its chains cut (an
+#: element per socket/inode/task/cgroup: millions at most on a real host)
+LOCAL_STORAGE_LIMIT = 1 << 22
 
 
 def bpf_map_type_name(map: Object) -> str:
@@ -131,6 +149,14 @@ class MapMemoryWalker:
         self.ncpu = num_possible_cpus(prog)
         self.stats = WalkStats()
         self._u64 = struct.Struct("<Q")
+        #: local storages already listed: address -> map id listing it (one storage is
+        #: shared by the maps with an element on its owner; see :meth:`_local_storage`)
+        self._storages: dict[int, int] = {}
+
+    def forget_map(self, map_id: int) -> None:
+        """Drop what the walk of ``map_id`` claimed (a map freed under a live walk), so
+        a later map may list the local storages it shares."""
+        self._storages = {a: m for a, m in self._storages.items() if m != map_id}
 
     # -- generic areas -----------------------------------------------------------
 
@@ -206,6 +232,8 @@ class MapMemoryWalker:
             out += self._ringbuf(map, mid)
         elif mtype == "lpm_trie":
             out += self._trie(map, mid)
+        elif mtype in LOCAL_STORAGE_TYPES:
+            out += self._local_storage(map, mid)
         else:
             out += self.area(mid, "map_struct", map.value_())
         meta = map.inner_map_meta.value_()
@@ -409,6 +437,82 @@ class MapMemoryWalker:
             pass
         return out
 
+    def _local_storage(self, map: Object, mid: int) -> list[AllocBatch]:
+        """sk/inode/task/cgrp storage: the smap, its buckets, every element linked in the
+        buckets (role ``element``) and the ``bpf_local_storage`` each points to (role
+        ``local_storage``), listed once per snapshot: under the map that allocated it when
+        the kernel records it (``local_storage->smap``: in 6.12, not in 6.1) and that map's
+        element is still there, else under the first map walked with an element on it. A
+        storage whose ``smap`` names another map is left to that map: its element on the
+        owner is in that map's buckets (the kernel clears ``smap`` when it goes).
+
+        A chain is cut (``truncated_chains``) when it revisits an element, passes
+        :data:`LOCAL_STORAGE_LIMIT`, or reaches an element whose ``sdata.smap`` is not this
+        map (memory freed and reused under a live walk); a fault cuts the chain it hit
+        (``faults``) and keeps the rest.
+        """
+        prog = self.prog
+        smap = container_of(map, "struct bpf_local_storage_map", "map")
+        smap_addr = smap.value_()
+        out = self.area(mid, "map_struct", smap_addr)
+        buckets = smap.buckets.value_()
+        out += self.area(mid, "buckets", buckets)
+        nb = 1 << smap.bucket_log.value_()
+        bucket_sz = sizeof(prog.type("struct bpf_local_storage_map_bucket"))
+        heads = np.frombuffer(prog.read(buckets, nb * bucket_sz), dtype="<u8")[:: bucket_sz // 8]
+        elem_t = prog.type("struct bpf_local_storage_elem")
+        node_off = offsetof(elem_t, "map_node")  # the hlist_node the bucket links (next first)
+        ls_off = offsetof(elem_t, "local_storage")
+        owner_off = offsetof(elem_t, "sdata") + offsetof(prog.type("struct bpf_local_storage_data"), "smap")
+        span = max(ls_off, owner_off) + 8
+        u64 = self._u64.unpack_from
+        seen: set[int] = set()
+        elems: list[int] = []
+        storages: list[int] = []
+        for first in heads.tolist():
+            node = first
+            try:
+                while node:
+                    if node in seen or len(seen) >= LOCAL_STORAGE_LIMIT:
+                        self.stats.truncated_chains += 1
+                        break
+                    selem = node - node_off
+                    raw = prog.read(selem, span)
+                    if u64(raw, owner_off)[0] != smap_addr:
+                        self.stats.truncated_chains += 1
+                        break
+                    seen.add(node)
+                    elems.append(selem)
+                    storages.append(u64(raw, ls_off)[0])
+                    node = u64(raw, node_off)[0]
+            except FaultError:
+                self.stats.faults += 1
+        out.append(self.objects(mid, "element", elems))
+        # 6.12: storage->smap, the map it was allocated through (absent in 6.1)
+        try:
+            alloc_off = offsetof(prog.type("struct bpf_local_storage"), "smap")
+        except LookupError:
+            alloc_off = None
+        mine: list[int] = []
+        for st in storages:
+            if not st or st in self._storages:
+                continue
+            if alloc_off is not None:
+                try:
+                    by = prog.read_u64(st + alloc_off)
+                except FaultError:
+                    self.stats.faults += 1
+                    continue
+                if by and by != smap_addr:
+                    continue  # listed by the map that allocated it
+            self._storages[st] = mid
+            mine.append(st)
+        out.append(self.objects(mid, "local_storage", mine))
+        for ma_name in ("selem_ma", "storage_ma"):  # 6.12 (used when smap->bpf_ma)
+            if _has_member(smap, ma_name):
+                out += self._bpf_ma(mid, getattr(smap, ma_name))
+        return out
+
 
 def _has_member(obj: Object, name: str) -> bool:
     try:
@@ -492,6 +596,12 @@ def bpf_map_mem_usage(map: Object) -> int | None:
         trie = container_of(map, "struct lpm_trie", "map")
         es = sizeof(prog.type("struct lpm_trie_node")) + trie.data_size.value_() + map.value_size.value_()
         return es * trie.n_entries.value_()
+    if mtype in LOCAL_STORAGE_TYPES:
+        # bpf_local_storage_map_mem_usage (6.12 bpf_local_storage.c:745): the smap and its
+        # buckets only ("The dynamically callocated selems are not counted currently.")
+        smap = container_of(map, "struct bpf_local_storage_map", "map")
+        bucket = sizeof(prog.type("struct bpf_local_storage_map_bucket"))
+        return sizeof(smap.type_.type) + (bucket << smap.bucket_log.value_())
     return None
 
 
