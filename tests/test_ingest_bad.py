@@ -1,6 +1,7 @@
 """Bad input never gives a traceback: an event that cannot be represented is counted as malformed
-(exit 0, with a warning naming the file), a file that cannot be decoded is one
-`memtrace: error: FILE: ...` line (exit 2). Fast and reference paths agree on all of it."""
+(exit 0, with a warning naming the file), a field value that does not fit its column is left null
+and counted (the event kept), a file that cannot be decoded is one `memtrace: error: FILE: ...`
+line (exit 2). Fast and reference paths agree on all of it."""
 
 from __future__ import annotations
 
@@ -277,8 +278,12 @@ def test_text_odd_lines(tmp_path, line, malformed):
     odd = df.iloc[[1]] if len(df) == 3 else df.iloc[[]]
     if b"order=" in line:  # kept; no pages/bytes for an order no page count fits
         assert odd["pages"].isna().all() and odd["bytes"].isna().all()
-    if b"99999999999999999999" in line:  # past 2^64: not a number, not a wrapped one
+    if b"99999999999999999999" in line:  # past 2^64: fits no column, not wrapped; kept in args, counted
         assert odd["bytes"].isna().all() and odd["bytes_req"].isna().all()
+        assert odd["args"].tolist() == ["bytes_req=99999999999999999999 bytes_alloc=-99999999999999999999"]
+        assert s["ingest"]["values_out_of_range"] == 2 and "field value(s) do not fit their column" in err
+    else:
+        assert s["ingest"]["values_out_of_range"] == 0
 
 
 def test_text_damaged_bytes_never_raise():
@@ -343,3 +348,129 @@ def test_unexpected_decoder_error_cli_exit_2(tmp_path):
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO)
     assert p.returncode == 2
     assert p.stderr.strip() == f"memtrace: error: {f}: cannot decode as perfetto: KeyError: 'x'"
+
+
+# --- numbers that do not fit their column (text, and text beside perfetto) ---------------------------
+
+TC = b"            w-5       [000] .....     0.%09d: try_charge: (try_charge_memcg+0x0/0x40) "
+#: (field, its column, the value it gives; None: a number that does not fit, so null, counted, in args)
+FIT = [
+    (b"nr=9223372036854775807", "pages", (1 << 63) - 1),  # Int64: [-2^63, 2^63)
+    (b"nr=9223372036854775808", "pages", None),
+    (b"nr=-9223372036854775808", "pages", -(1 << 63)),
+    (b"nr=-9223372036854775809", "pages", None),
+    (b"nr=0x7fffffffffffffff", "pages", (1 << 63) - 1),
+    (b"nr=0x8000000000000000", "pages", None),
+    (b"nr=-0x8000000000000000", "pages", -(1 << 63)),
+    (b"nr=99999999999999999999999", "pages", None),  # past 2^64
+    (b"nr=000000000000000000000000000042", "pages", 42),  # leading zeros: the value decides
+    (b"nr=-0", "pages", 0),
+    (b"size=18446744073709551615", "bytes", None),
+    (b"ret=-9223372036854775808", "ret", -(1 << 63)),
+    (b"order=2147483647", "order", (1 << 31) - 1),  # Int32: [-2^31, 2^31)
+    (b"order=2147483648", "order", None),
+    (b"order=-2147483648", "order", -(1 << 31)),
+    (b"order=-2147483649", "order", None),
+    (b"order=4294967296", "order", None),
+    (b"order=0x80000000", "order", None),
+    (b"map_id=4294967295", "map_id", (1 << 32) - 1),  # UInt32: [0, 2^32)
+    (b"map_id=-1", "map_id", None),
+    (b"map_id=-0", "map_id", 0),
+    (b"map_id=0x100000000", "map_id", None),
+    (b"cgid=-1", "cgroup_id", (1 << 64) - 1),  # UInt64: any magnitude below 2^64, mod 2^64
+    (b"cgid=-18446744073709551615", "cgroup_id", 1),
+    (b"cgid=18446744073709551615", "cgroup_id", (1 << 64) - 1),
+    (b"cgid=18446744073709551616", "cgroup_id", None),
+    (b"cgid=-18446744073709551616", "cgroup_id", None),
+    (b"cgid=0xffffffffffffffff", "cgroup_id", (1 << 64) - 1),
+    (b"cgid=0x10000000000000000", "cgroup_id", None),
+    (b"cgid=0x0000000000000000000000001", "cgroup_id", 1),
+    (b"cgid=0x0000000000000000000010000000000000000", "cgroup_id", None),
+    (b"pfn=0x1ffffffffffffffff", "pfn", None),
+    (b"ptr=ffffffffffffffff", "ptr", (1 << 64) - 1),  # ptr: hex without 0x
+    (b"ptr=1ffffffffffffffff", "ptr", None),
+]
+#: not numbers at all: null as before, not counted, not in args
+NOT_NUMBERS = [(b"nr=abc", "pages"), (b"nr=99999999999999999999999abc", "pages"), (b"order=-", "order"),
+               (b"cgid=0x", "cgroup_id"), (b"map_id=", "map_id"), (b"ptr=0xg", "ptr")]
+
+
+def _fit_capture() -> bytes:
+    lines = [TC % i + f for i, (f, _, _) in enumerate(FIT)]
+    lines += [TC % (100 + i) + f for i, (f, _) in enumerate(NOT_NUMBERS)]
+    lines.append(b"            w-5       [000] .....     0.000000200: kmalloc: call_site=x ptr=ffff1 bytes_req=16 "
+                 b"bytes_alloc=18446744073709551615 gfp_flags=GFP_KERNEL")
+    return b"".join(ln + b"\n" for ln in lines)
+
+
+def test_text_numbers_that_do_not_fit(tmp_path):
+    """A field value that is a number but does not fit its column: the column is null, the event
+    kept, `key=value` goes to args, and it is counted (one warning per file); the scanner and the
+    reference agree. Text that is no number stays null and uncounted. Header numbers that do not
+    fit drop the line (test_text_odd_lines)."""
+    raw = _fit_capture()
+    nulled = sum(v is None for _, _, v in FIT) + 1
+    for chunk in (1 << 30, 200):
+        df, st = same_text(raw, chunk_bytes=chunk)
+        assert len(df) == len(FIT) + len(NOT_NUMBERS) + 1 and st.malformed == 0
+        assert st.values_out_of_range == nulled
+        assert [w for w in st.warnings if "do not fit" in w] == [
+            f"<buffer>: {nulled} field value(s) do not fit their column (size >= 2^63, order >= 2^31, ...): "
+            "left null, events kept"]
+    r = df.set_index("ts_ns")
+    prefix = "(try_charge_memcg+0x0/0x40)"
+    for i, (f, col, want) in enumerate(FIT):
+        got, args = r.at[i, col], r.at[i, "args"]
+        if want is None:
+            assert pd.isna(got) and args == f"{prefix} {f.decode()}", f
+        else:
+            assert got == want and args == prefix, f
+    for i, (f, col) in enumerate(NOT_NUMBERS):
+        assert pd.isna(r.at[100 + i, col]) and r.at[100 + i, "args"] == prefix, f
+    assert pd.isna(r.at[200, "bytes"]) and r.at[200, "bytes_req"] == 16 and r.at[200, "ptr"] == 0xFFFF1
+    assert r.at[200, "args"] == "bytes_alloc=18446744073709551615"
+    assert r.at[13, "pages"] is pd.NA  # order 2^31: no order, so no pages from it
+
+    f = tmp_path / "trace.txt"
+    f.write_bytes(raw)
+    rc, s, err = ingest(f)
+    assert rc == 0
+    assert s["ingest"]["values_out_of_range"] == nulled and s["ingest"]["malformed"] == 0
+    assert s["ingest"]["events_parsed"] == len(df)
+    assert f"memtrace: warning: {f}: {nulled} field value(s) do not fit their column" in err
+
+
+#: (field, perfetto GenericFtraceEvent value kind, value): what both formats can carry
+BOTH = [
+    ("size", "uint_value", 1 << 63), ("size", "uint_value", (1 << 63) - 1),
+    ("bytes_alloc", "uint_value", (1 << 64) - 1), ("bytes_alloc", "int_value", -(1 << 63)),
+    ("nr", "uint_value", 1 << 63), ("nr", "int_value", -(1 << 63)),
+    ("order", "int_value", 1 << 31), ("order", "int_value", -(1 << 31)), ("order", "uint_value", (1 << 31) - 1),
+    ("map_id", "int_value", -1), ("map_id", "uint_value", (1 << 32) - 1), ("map_id", "uint_value", 1 << 32),
+    ("cgid", "int_value", -1), ("cgid", "uint_value", (1 << 64) - 1), ("ptr", "int_value", -(1 << 63)),
+    ("pfn", "uint_value", (1 << 64) - 1), ("ret", "uint_value", 1 << 63), ("ret", "int_value", -5),
+]
+
+
+def test_text_and_perfetto_null_the_same_fields():
+    """The same field values as a text capture and as perfetto generic events: both readers fill
+    and null the same columns, put the same `key=value` in args, and count the same."""
+    def extra(bi, bd):
+        if bi == 1:
+            for i, (k, kind, v) in enumerate(BOTH):
+                _generic(bd, 50 + i, "percpu_alloc_percpu", **{k: (kind, v)})
+
+    pdf, pst = same_perfetto(_bundles(extra))
+    text = b"".join(b"            w-5       [000] .....     0.%09d: percpu_alloc_percpu: %s=%s\n"
+                    % (50 + i, k.encode(), b"%x" % (v & ((1 << 64) - 1)) if k == "ptr" else b"%d" % v)  # ptr: hex
+                    for i, (k, _, v) in enumerate(BOTH))
+    tdf, tst = same_text(text)
+    nulled = 7
+    assert pst.values_out_of_range == tst.values_out_of_range == nulled
+    assert any("left null, events kept" in w for w in pst.warnings) and any("left null, events kept" in w for w in tst.warnings)
+    cols = ["bytes", "bytes_req", "pages", "order", "map_id", "cgroup_id", "ptr", "pfn", "ret", "args"]
+    a = pdf[pdf["ts_ns"] < 1000].set_index("ts_ns")[cols]
+    b = tdf.set_index("ts_ns")[cols]
+    assert len(a) == len(b) == len(BOTH)
+    pd.testing.assert_frame_equal(a, b, check_exact=True, check_categorical=False)
+    assert b["args"].notna().sum() == nulled

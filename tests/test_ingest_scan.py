@@ -105,6 +105,14 @@ FIELDS = [
     b"ptr=ffffffffffffffff pfn=18446744073709551615 gfp=18446744073709551616 bytes=99999999999999999999",
     b"ptr=1ffffffffffffffff pfn=0x1ffffffffffffffff cgid=-18446744073709551615 order=2147483647 map_id=4294967295",
     b"gfp_flags=0x400cc0 gfp=0x1", b"gfp=0x1 gfp_flags=0x400cc0", b"gfp_flags=0xzz gfp=7",
+    # numbers that do not fit their column: null, counted, `key=value` into args in line order
+    b"gfp=0x1ffffffffffffffff gfp_flags=0x400cc0", b"gfp_flags=0x400cc0 gfp=0x1ffffffffffffffff",
+    b"gfp_flags=-0x10000000000000000 gfp=-18446744073709551615",
+    b"va_start: 18446744073709551616 size=1 ptr=1", b"va_start: 0000000000000000000000000001 ptr=0x1ffffffffffffffff",
+    b"nr=99999999999999999999 nr=5 order=00000000000000000000000000031 map_id=-0 ret=-0x8000000000000001",
+    b"nr=000000000000000000000000000000000000000000099999999999999999999 size=0x00000000000000000000ffffffffffffffff",
+    b"nr=9223372036854775808 bytes_alloc=18446744073709551615 order=4294967296 map_id=-1 cgid=-1 ret=0x8000000000000000",
+    b"nr=99999999999999999999999abc order=2147483648x cgid=- size=-0x map_id=0x",
     b"accounted=TRUE", b"accounted=0", b"accounted=\x11", b"accounted=", b"accounted=maybe",
     b"a=1  b=2   c=3", b"a=1\tb=2", b"a=1 \tb=2", b"=1 a=", b"a==b", b"a= =b c", b"x.y->z=1 9a=2 _b=3 -c=4",
     b"note=a=b path=/a b=c", b"size=1 size=2 size=3", b"hello world", b"", b"  ", b"a=\x00 b=\xff\xfe c=\xc3\xa9",
@@ -126,7 +134,7 @@ def test_header_and_field_shapes():
     lines = _header_lines(rnd, 3000) + [b"CPU:1 [LOST 17 EVENTS]", b"cpus=2", b"# c", b"\r", b"junk"]
     rnd.shuffle(lines)
     df, st = same(b"\n".join(lines) + b"\n")
-    assert st.malformed > 0 and st.unknown_events > 0 and st.lost_events == 17
+    assert st.malformed > 0 and st.unknown_events > 0 and st.lost_events == 17 and st.values_out_of_range > 0
     assert df["args"].notna().any() and df["marker"].notna().any()
 
 
@@ -161,6 +169,45 @@ def test_mutated_real_lines(seed):
     lines = [_mutate(ln, rnd) if rnd.random() < 0.5 else ln for ln in rnd.choices(BODY, k=2500)]
     data = b"\n".join(lines) + b"\n"
     same(data, chunk_bytes=rnd.choice([None, 997, 65536]))
+
+
+def _edge_number(rnd: random.Random) -> bytes:
+    """A number near a column's limits (2^31, 2^32, 2^63, 2^64), decimal or hex, with a sign, leading
+    zeros or a stray byte now and then."""
+    v = (1 << rnd.choice([0, 31, 32, 63, 64, 65, 80])) + rnd.choice([-2, -1, 0, 1])
+    neg = rnd.random() < 0.3
+    hexa = rnd.random() < 0.4
+    digits = b"%x" % v if hexa else b"%d" % v
+    digits = b"0" * rnd.choice([0, 0, 1, 3, 17, 40]) + digits
+    t = (b"-" if neg else b"") + (b"0x" if hexa else b"") + digits
+    r = rnd.random()
+    if r < 0.05:
+        t += rnd.choice([b"g", b"-", b"x", b"\xff"])
+    elif r < 0.1:
+        t = t[: rnd.randint(0, len(t))]
+    return t
+
+
+def test_numbers_at_the_edges():
+    """Every numeric column, through every way a number reaches it (a field, a vmalloc prefix, a
+    gfp_flags printed as a number), with values just inside and outside its range."""
+    rnd = random.Random(3)
+    keys = [b"nr", b"nr_pages", b"order", b"map_id", b"cgid", b"id", b"ret", b"ok", b"size", b"bytes_alloc", b"bytes_req",
+            b"ptr", b"pfn", b"gfp", b"gfp_flags"]
+    lines = []
+    for i in range(3000):
+        head = b"  x-5  [0] ..... 1.%06d: " % i
+        ev = rnd.choice([b"try_charge: (try_charge_memcg+0x0/0x40) ", b"kmalloc: ", b"mm_page_alloc: ",
+                         b"percpu_alloc_percpu: ", b"cgroup_mkdir: ", b"alloc_vmap_area: va_start: " + _edge_number(rnd) + b" "])
+        fields = b" ".join(rnd.choice(keys) + b"=" + _edge_number(rnd) for _ in range(rnd.randint(1, 5)))
+        lines.append(head + ev + fields)
+    lines.append(b"  x-5  [0] ..... 2.0: try_charge: (x+0x0/0x4) nr=" + b"0" * 100000 + b"7 cgid=0x" + b"0" * 70000 + b"1f"
+                 + b" order=" + b"9" * 50000)
+    df, st = same(b"\n".join(lines) + b"\n", chunk_bytes=4096)
+    assert st.values_out_of_range > 500
+    last = df[df["ts_ns"] == 2_000_000_000].iloc[0]  # leading zeros do not count; 50000 nines do
+    assert (last["pages"], last["cgroup_id"]) == (7, 31) and pd.isna(last["order"])
+    assert last["args"] == "(x+0x0/0x4) order=" + "9" * 50000
 
 
 def test_random_bytes():

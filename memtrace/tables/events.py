@@ -158,6 +158,13 @@ def events_markdown() -> str:
     return "\n".join(lines) + "\n"
 
 
+def values_out_of_range_warning(path: str, k: int) -> str:
+    """The one warning a reader gives for a file with `k` field values that do not fit their
+    column (`IngestStats.values_out_of_range`); the same words for every format."""
+    return (f"{path}: {k} field value(s) do not fit their column (size >= 2^63, order >= 2^31, ...): "
+            "left null, events kept")
+
+
 @dataclass
 class IngestStats:
     """What loading a capture read, kept, and could not use. Every output reports it."""
@@ -175,8 +182,9 @@ class IngestStats:
     unknown_event_names: dict[str, int] | None = None
     #: lines / packets / events that could not be decoded and were dropped
     malformed: int = 0
-    #: field values that do not fit their column (a size >= 2^63, an order >= 2^31, ...): the
-    #: field is left null and the event kept (its raw text stays in `args` where the format has it)
+    #: field values that are numbers but do not fit their column (a size >= 2^63, an order >= 2^31,
+    #: a negative map_id, any magnitude >= 2^64; the UInt64 columns take any value mod 2^64): the
+    #: column is left null, the event kept, and the field's `key=value` goes to `args`
     values_out_of_range: int = 0
     #: events the kernel or the recorder says it dropped (ring-buffer overruns, LOST lines)
     lost_events: int = 0

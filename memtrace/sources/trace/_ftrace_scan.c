@@ -14,7 +14,8 @@
  *    value runs to the blank before the next key, less trailing spaces; text before the first key
  *    is the prefix (a kprobe's `(func+0x0/0x40)`);
  *  - a key's column comes from `event_cb`, asked once per (event name, kprobe) and key; numbers
- *    are read as `parse_ints` reads them and typed as `_typed` types them; strings of category
+ *    are read as `parse_ints` reads them and typed as `_typed` types them (a number that does
+ *    not fit its column is counted, and its `key=value` goes to `args`); strings of category
  *    columns are interned (ids in order of first appearance); fields without a column, and the
  *    prefix, are joined with single spaces into `args`.
  *
@@ -450,6 +451,7 @@ typedef struct {
     PyObject *markers; /* tuple of bytes */
     int busy, done;
     uint64_t lines_read;
+    uint64_t out_of_range; /* numbers that do not fit their column (IngestStats.values_out_of_range) */
 
     /* rows */
     size_t rows, cap;
@@ -500,23 +502,33 @@ static void tables_init(void)
     }
 }
 
-/* `parse_ints` on b[s:e): optional '-', optional 0x; base 16 reads hex without 0x */
-static inline int parse_num(const uint8_t *b, int64_t s, int64_t e, int base, uint64_t *out)
+/* `parse_ints` on b[s:e): optional '-', optional 0x; base 16 reads hex without 0x. Returns 0 for
+ * not a number, 1 for a number whose magnitude (*mag) is below 2^64, with its sign (*neg), and 2
+ * for a number whose magnitude is 2^64 or more. Leading zeros do not count: more than 16
+ * significant hex or 20 significant decimal digits (or 20 of 18446744073709551616 and above) are
+ * 2; every byte is still read, so a non-digit anywhere makes it 0. (Unsigned arithmetic only: a
+ * value that overflows is wrapped, which is defined, and then not used.) */
+static inline int parse_num(const uint8_t *b, int64_t s, int64_t e, int base, uint64_t *mag, int *neg)
 {
-    int neg = 0, hex = base == 16;
+    int hex = base == 16;
+    *neg = 0;
     if (s < e && b[s] == '-') {
-        neg = 1;
+        *neg = 1;
         s++;
     }
     if (e - s >= 2 && b[s] == '0' && (b[s + 1] | 0x20) == 'x') {
         hex = 1;
         s += 2;
     }
-    int64_t ln = e - s;
-    if (ln <= 0 || ln > (hex ? 16 : 20))
+    if (e - s <= 0)
         return 0;
+    while (e - s > 1 && b[s] == '0')
+        s++;
+    int64_t ln = e - s;
     uint64_t v = 0;
+    int big;
     if (hex) {
+        big = ln > 16;
         for (int64_t k = 0; k < ln; k++) {
             uint8_t d = HEXV[b[s + k]];
             if (d == 255)
@@ -524,21 +536,19 @@ static inline int parse_num(const uint8_t *b, int64_t s, int64_t e, int base, ui
             v = (v << 4) | d;
         }
     } else {
+        big = ln > 20;
         for (int64_t k = 0; k < ln; k++) {
             uint8_t d = DECV[b[s + k]];
             if (d == 255)
                 return 0;
             if (k == 19 && v > (UINT64_MAX - d) / 10)
-                return 0;
+                big = 1;
             v = v * 10 + d;
         }
     }
-    if (neg) {
-        if (v > ((uint64_t)1 << 63))
-            return 0;
-        v = (uint64_t)0 - v;
-    }
-    *out = v;
+    if (big)
+        return 2;
+    *mag = v;
     return 1;
 }
 
@@ -563,31 +573,38 @@ static int grow_rows(Scanner *S)
     return 0;
 }
 
-/* A number into numeric column c of row r, typed as `_typed` does. The columns live in fresh
- * mappings (zero bytes) and each row is written once, so a null needs no write: value 0 and a
- * valid flag 0, turned into pandas' null mask by `finish`. A column is written at most once per
- * row, or once invalid/valid and then once more valid (an override), never valid then invalid. */
-static inline void put_num(Scanner *S, int c, size_t r, uint64_t v)
+/* A number (magnitude, sign) into numeric column c of row r, typed as `_typed` does; 0 when it
+ * does not fit the column (nothing written). Int64 holds [-2^63, 2^63), Int32 [-2^31, 2^31),
+ * UInt32 [0, 2^32), UInt64 any magnitude below 2^64, mod 2^64. Values are formed in unsigned
+ * arithmetic and narrowed only once in range (no signed overflow, no out-of-range conversion).
+ * The columns live in fresh mappings (zero bytes) and each row is written once, so a null needs
+ * no write: value 0 and a valid flag 0, turned into pandas' null mask by `finish`. A column is
+ * written at most once per row, or once invalid/valid and then once more valid (an override),
+ * never valid then invalid. */
+static inline int put_num(Scanner *S, int c, size_t r, uint64_t mag, int neg)
 {
     switch (S->num_kind[c]) {
     case K_I64:
+        if (mag > (neg ? (uint64_t)1 << 63 : ((uint64_t)1 << 63) - 1))
+            return 0;
+        ((uint64_t *)S->numv[c].p)[r] = neg ? (uint64_t)0 - mag : mag; /* int64's bits */
+        break;
     case K_U64:
-        ((uint64_t *)S->numv[c].p)[r] = v;
+        ((uint64_t *)S->numv[c].p)[r] = neg ? (uint64_t)0 - mag : mag;
         break;
-    case K_I32: {
-        int64_t a = (int64_t)v;
-        if (a < INT32_MIN || a > INT32_MAX)
-            return;
-        ((int32_t *)S->numv[c].p)[r] = (int32_t)a;
+    case K_I32:
+        if (mag > (neg ? (uint64_t)1 << 31 : ((uint64_t)1 << 31) - 1))
+            return 0;
+        ((int32_t *)S->numv[c].p)[r] = neg ? (int32_t)(-(int64_t)mag) : (int32_t)mag;
         break;
-    }
     case K_U32:
-        if (v > UINT32_MAX)
-            return;
-        ((uint32_t *)S->numv[c].p)[r] = (uint32_t)v;
+        if (mag > UINT32_MAX || (neg && mag))
+            return 0;
+        ((uint32_t *)S->numv[c].p)[r] = (uint32_t)mag;
         break;
     }
     S->numm[c].p[r] = 1;
+    return 1;
 }
 
 /* the first c in [p, e), reading at most up to lim (the end of the bytes fed) */
@@ -900,12 +917,11 @@ static int emit(Scanner *S, const uint8_t *b, const uint8_t *lim, int64_t tns, i
         sb->unknown++;
     uint64_t locked = 0, used = 0;
     if (pre_end > as) {
-        if (sb->va && S->va_col >= 0) {
+        if (sb->va && S->va_col >= 0) { /* a UInt64 column; the prefix stays in args as it is */
             uint64_t v;
-            if (parse_num(b, (int64_t)as + 10, (int64_t)pre_end, 0, &v)) {
-                put_num(S, S->va_col, r, v);
+            int ng;
+            if (parse_num(b, (int64_t)as + 10, (int64_t)pre_end, 0, &v, &ng) == 1 && put_num(S, S->va_col, r, v, ng))
                 locked |= 1ULL << S->va_col;
-            }
         }
         if (args_part(S, &part, b, as, pre_end) < 0)
             return -1;
@@ -923,9 +939,19 @@ static int emit(Scanner *S, const uint8_t *b, const uint8_t *lim, int64_t tns, i
         if (c >= 0 && !(used & (1ULL << c))) {
             used |= 1ULL << c;
             if (c < COL_CAT0) {
+                /* a number that does not fit the column: null, counted, and `key=value` to args
+                 * (whether or not the column was already set from the prefix or gfp_flags) */
                 uint64_t v;
-                if (!(locked & (1ULL << c)) && parse_num(b, (int64_t)vs, (int64_t)ve, S->num_base[c], &v))
-                    put_num(S, c, r, v);
+                int ng, st = parse_num(b, (int64_t)vs, (int64_t)ve, S->num_base[c], &v, &ng);
+                if (st == 1 && (locked & (1ULL << c)))
+                    continue;
+                if (st == 1 && put_num(S, c, r, v, ng))
+                    continue;
+                if (st) {
+                    S->out_of_range++;
+                    if (args_part(S, &part, b, ks, ve) < 0)
+                        return -1;
+                }
             } else if (c == COL_BOOL) {
                 if (ve > vs) {
                     uint8_t c0 = b[vs] | 0x20;
@@ -941,12 +967,11 @@ static int emit(Scanner *S, const uint8_t *b, const uint8_t *lim, int64_t tns, i
                     return -1;
                 ((int32_t *)S->cat[cc].p)[r] = (int32_t)id + 1;
                 int tw = S->cat_twin[cc];
-                if (tw >= 0) { /* a gfp printed as a number: the numeric column too */
+                if (tw >= 0) { /* a gfp printed as a number: the (UInt64) numeric column too */
                     uint64_t v;
-                    if (parse_num(b, (int64_t)vs, (int64_t)ve, 0, &v)) {
-                        put_num(S, tw, r, v);
+                    int ng;
+                    if (parse_num(b, (int64_t)vs, (int64_t)ve, 0, &v, &ng) == 1 && put_num(S, tw, r, v, ng))
                         locked |= 1ULL << tw;
-                    }
                 }
             }
             continue;
@@ -1430,6 +1455,7 @@ static PyObject *Scanner_finish(Scanner *S, PyObject *noargs)
     if (!d)
         return NULL;
     if (put(d, "n", PyLong_FromSize_t(n)) < 0 || put(d, "lines_read", PyLong_FromUnsignedLongLong(S->lines_read)) < 0 ||
+        put(d, "values_out_of_range", PyLong_FromUnsignedLongLong(S->out_of_range)) < 0 ||
         put(d, "ts", buf_take(&S->ts, n * 8)) < 0 || put(d, "cpu", buf_take(&S->cpu, n * 4)) < 0 ||
         put(d, "pid", buf_take(&S->pid, n * 4)) < 0 || put(d, "event", buf_take(&S->ev, n * 4)) < 0 ||
         put(d, "bool", Py_BuildValue("(NN)", buf_take(&S->boolv, n), buf_take(&S->boolm, n))) < 0)

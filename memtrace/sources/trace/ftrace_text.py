@@ -14,7 +14,13 @@ Two parsers with one definition of the output:
   generated captures, chunk boundaries, damaged bytes and random lines.
 
 A line that is neither an event, a comment, nor a known non-event line (`CPU:N [LOST n EVENTS]`,
-trace-cmd's `cpus=N`) is counted as malformed and dropped.
+trace-cmd's `cpus=N`) is counted as malformed and dropped, and so is an event line whose
+timestamp, cpu or pid does not fit its column. A field value that is a number but does not fit
+its column (`_typed`: a size >= 2^63, an order >= 2^31, a negative map_id, any magnitude >= 2^64;
+the UInt64 columns take any value mod 2^64) leaves the column null and the event kept: its
+`key=value` goes to `args` like an unmapped field, it is counted in
+`IngestStats.values_out_of_range`, with one warning per file, as the perfetto reader does. A
+value that is no number (`nr=abc`) is left null, uncounted.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from memtrace.tables.events import (
     IngestStats,
     coerce_events,
     empty_events,
+    values_out_of_range_warning,
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -316,41 +323,76 @@ for _i, _c in enumerate(b"0123456789"):
 _MAX64 = (1 << 64) - 1
 
 
-def parse_ints(buf: np.ndarray, s: np.ndarray, e: np.ndarray, base: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Integers from byte spans [s, e): optional '-', optional '0x'. base 16 reads hex without 0x;
-    base 0 reads hex after 0x, else decimal. Returns (uint64 values, valid mask); negative numbers
-    come back two's-complement (view as int64)."""
+def parse_ints(buf: np.ndarray, s: np.ndarray, e: np.ndarray, base: int = 0):
+    """Integers from byte spans [s, e): an optional '-', an optional '0x', then digits; base 16
+    reads hex without 0x too, base 0 reads hex after 0x, else decimal. Returns, by span,
+    (values, ok, neg, big):
+
+    * ok: a number whose magnitude is below 2^64. `values` holds it mod 2^64 (a negative one
+      two's-complement: view as int64), `neg` says it had a '-' (`-0` is 0);
+    * big: a number whose magnitude is 2^64 or more. It fits no column (`_typed`).
+    * neither: not a number: empty, a sign or `0x` alone, or any byte that is not a digit of the
+      base (so `99999999999999999999999abc` is not a number, however long).
+
+    The value decides, not the spelling: leading zeros do not count, so
+    `00000000000000000000000001` (26 digits) and `0x00000000000000000001` are 1, while more than 20
+    significant decimal digits (or 20 of 18446744073709551616 and above) and more than 16
+    significant hex digits are big. `_ftrace_scan.c`'s `parse_num` reads them the same way."""
     s = s.astype(np.int64)
     e = e.astype(np.int64)
     n = len(s)
     val = np.zeros(n, dtype=np.uint64)
     if n == 0:
-        return val, np.zeros(0, dtype=bool)
-    neg = (s < e) & (buf[np.minimum(s, len(buf) - 1)] == 45)
+        return val, np.zeros(0, bool), np.zeros(0, bool), np.zeros(0, bool)
+    top = len(buf) - 1
+    neg = (s < e) & (buf[np.minimum(s, top)] == 45)
     s = s + neg
-    hx = (e - s >= 2) & (buf[np.minimum(s, len(buf) - 1)] == 48) & ((buf[np.minimum(s + 1, len(buf) - 1)] | 0x20) == 120)
+    hx = (e - s >= 2) & (buf[np.minimum(s, top)] == 48) & ((buf[np.minimum(s + 1, top)] | 0x20) == 120)
     s = s + 2 * hx
     is_hex = hx | (base == 16)
     ln = e - s
-    ok = (ln > 0) & (ln <= np.where(is_hex, 16, 20))
-    maxlen = int(ln[ok].max()) if ok.any() else 0
+    limit = np.where(is_hex, 16, 20)
+    ok = ln > 0
+    big = np.zeros(n, bool)
+    # spans longer than any 64-bit number's digits (rare): one at a time, leading zeros dropped
+    for i in np.flatnonzero(ok & (ln > limit)):
+        t = bytes(buf[s[i] : e[i]])
+        ok[i] = False
+        if t.translate(None, _HEX_DIGITS if is_hex[i] else _DEC_DIGITS):
+            continue  # not a number
+        t = t.lstrip(b"0") or b"0"
+        if len(t) > limit[i] or int(t, 16 if is_hex[i] else 10) > _MAX64:
+            big[i] = True
+        else:
+            ok[i] = True
+            val[i] = int(t, 16 if is_hex[i] else 10)
+    short = ok & (ln <= limit)
+    maxlen = int(ln[short].max()) if short.any() else 0
     mult = np.where(is_hex, 16, 10).astype(np.uint64)
     for k in range(maxlen):
-        act = ok & (k < ln)
+        act = short & (k < ln)
         if not act.any():
             break
         idx = np.where(act, s + k, 0)
         b = buf[idx]
         d = np.where(is_hex, _HEX[b], _DEC[b])
         bad = act & (d == 255)
-        if k == 19:  # the 20th decimal digit: past 2^64 - 1? (16 hex digits always fit)
-            bad |= act & (val > (np.uint64(_MAX64) - d.astype(np.uint64)) // np.uint64(10))
         ok &= ~bad
+        short &= ~bad
         act &= ~bad
+        if k == 19:  # the 20th decimal digit: past 2^64 - 1? (16 hex digits always fit)
+            over = act & (val > (np.uint64(_MAX64) - d.astype(np.uint64)) // np.uint64(10))
+            big |= over
+            ok &= ~over
+            act &= ~over
         val = np.where(act, val * mult + d.astype(np.uint64), val)
-    ok &= ~(neg & (val > np.uint64(1 << 63)))  # below -2^63
-    val = np.where(neg, (~val) + np.uint64(1), val)
-    return val, ok
+    val = np.where(ok, val, np.uint64(0))
+    val = np.where(neg, np.uint64(0) - val, val)
+    return val, ok, neg & ok, big
+
+
+_HEX_DIGITS = b"0123456789abcdefABCDEF"
+_DEC_DIGITS = b"0123456789"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -431,6 +473,8 @@ class _Pieces:
         self.boolv: dict[str, list] = {}
         self.marker: list = []
         self.args: dict[int, list] = {}
+        #: {column: {part: pieces}}: numeric fields, args parts only if they do not fit
+        self.args_if: dict[str, dict[int, list]] = {}
 
     @staticmethod
     def _add(d, key, rows, s, e):
@@ -621,6 +665,8 @@ class _TextParser(_Names):
                     used.add(col)
                     if col in NUMERIC_BASE:
                         add("num", col, r, vs, ve)
+                        add("args_if", (col, part), r, ks, ve)  # in args only if it does not fit
+                        part += 1
                     elif col == "accounted":
                         add("boolv", col, r, vs, ve)
                     else:
@@ -632,6 +678,10 @@ class _TextParser(_Names):
                 part += 1
         p = ctx.pieces
         for (kind, key), (rr, ss, ee) in acc.items():
+            if kind == "args_if":
+                col, part = key
+                p._add(p.args_if.setdefault(col, {}), part, np.array(rr, np.int64), np.array(ss, np.int64), np.array(ee, np.int64))
+                continue
             d = p.num if kind == "num" else p.boolv if kind == "boolv" else p.cat if kind == "cat" else p.args
             p._add(d, key, np.array(rr, np.int64), np.array(ss, np.int64), np.array(ee, np.int64))
 
@@ -648,16 +698,25 @@ class _TextParser(_Names):
         for col, pieces in p.num.items():
             rows, s, e = _cat3(pieces)
             base = 0 if "@" in col else NUMERIC_BASE[col]
-            vals, okv = parse_ints(buf, s, e, base)
-            nums[col] = (rows, vals, okv)
-        for col, (rows, vals, okv) in nums.items():
-            if "@" in col:
+            vals, okv, neg, big = parse_ints(buf, s, e, base)
+            if "@" in col:  # read into a UInt64 column as well; its text is kept where it was
+                nums[col] = (rows, vals, okv)
                 continue
-            arr = np.zeros(n, np.uint64)
+            vals, okv, oor = _typed(col, vals, okv, neg, big)
+            arr = np.zeros(n, vals.dtype)
             valid = np.zeros(n, bool)
-            arr[rows] = np.where(okv, vals, np.uint64(0))
+            arr[rows] = vals
             valid[rows] = okv
-            out[col] = _typed(col, arr, valid)
+            out[col] = (arr, valid)
+            if oor.any():  # a number that does not fit: null, counted, `key=value` to args
+                self.st.values_out_of_range += int(oor.sum())
+                lost = np.zeros(n, bool)
+                lost[rows[oor]] = True
+                for part, pieces_if in p.args_if.get(col, {}).items():
+                    rr, ss, ee = _cat3(pieces_if)
+                    keep = lost[rr]
+                    if keep.any():
+                        p._add(p.args, part, rr[keep], ss[keep], ee[keep])
         for extra, col in (("ptr@va", "ptr"), ("gfp@maybe", "gfp")):
             if extra in nums:
                 rows, vals, okv = nums[extra]
@@ -689,9 +748,9 @@ class _TextParser(_Names):
                 a = view(pbuf, n, rows, s, e).cast(pa.large_binary())
                 if joined is None:
                     joined = a
-                else:
+                else:  # a row may lack earlier parts (a number that fit): the first present one leads
                     j2 = pc.binary_join_element_wise(joined, a, pa.scalar(b" ", pa.large_binary()))
-                    joined = pc.if_else(pc.is_null(a), joined, j2)
+                    joined = pc.coalesce(j2, joined, a)
             out["args"] = _to_large_string(joined)
         return out
 
@@ -724,19 +783,28 @@ def _cat3(pieces):
     return tuple(np.concatenate([np.asarray(p[i], np.int64) for p in pieces]) for i in range(3))
 
 
-def _typed(col, arr: np.ndarray, valid: np.ndarray):
-    """uint64 values → the column's integer dtype, as `_numeric_column` did."""
-    np_dtype = _NUM_DTYPES[COLUMNS[col].dtype]
-    if np_dtype in (np.int64, np.int32):
-        a = arr.view(np.int64)
-        if np_dtype is np.int32:
-            valid = valid & (a >= -(2**31)) & (a < 2**31)
-            a = np.where(valid, a, 0)
-        return a.astype(np_dtype), valid
-    if np_dtype is np.uint32:
-        valid = valid & (arr < 2**32)
-        arr = np.where(valid, arr, 0)
-    return arr.astype(np_dtype), valid
+_TOP = {"Int64": np.uint64(1 << 63), "Int32": np.uint64(1 << 31)}
+
+
+def _typed(col, vals: np.ndarray, ok: np.ndarray, neg: np.ndarray, big: np.ndarray):
+    """`parse_ints`' numbers → column `col`'s dtype: (values, valid, out of range). Int64 holds
+    [-2^63, 2^63), Int32 [-2^31, 2^31), UInt32 [0, 2^32); UInt64 any number below 2^64 in
+    magnitude, mod 2^64 (a negative one two's-complement). A number that does not fit (`big` ones
+    never do) is out of range: null here, counted, its `key=value` kept in args."""
+    dt = COLUMNS[col].dtype
+    if dt == "UInt64":
+        fit = ok
+    else:
+        mag = np.where(neg, np.uint64(0) - vals, vals)
+        if dt == "UInt32":
+            fit = ok & (~neg | (mag == 0)) & (mag <= np.uint64(0xFFFFFFFF))
+        else:
+            top = _TOP[dt]
+            fit = ok & np.where(neg, mag <= top, mag < top)
+    v = np.where(fit, vals, np.uint64(0))
+    np_dtype = _NUM_DTYPES[dt]
+    out = v.view(np.int64).astype(np_dtype) if np_dtype in (np.int64, np.int32) else v.astype(np_dtype)
+    return out, fit, big | (ok & ~fit)
 
 
 
@@ -816,6 +884,7 @@ class _ScanParser(_Names):
         r = self.res = self.sc.finish()
         self.sc = None
         self.st.lines_read += r["lines_read"]
+        self.st.values_out_of_range += r["values_out_of_range"]
         for name, kprobe, known, count in r["events"]:
             if not known and count:
                 self._count_unknown(name, count)
@@ -930,6 +999,7 @@ def _file_chunks(f, chunk_bytes: int):
 def _run(chunks, *, path, fmt, kprobe_groups, stats, fast=True) -> tuple[pd.DataFrame, IngestStats]:
     st = stats or IngestStats(path=path, format=fmt)
     st.path, st.format = path, fmt
+    oor0 = st.values_out_of_range
     p = _ScanParser(st, kprobe_groups) if fast else _TextParser(st, kprobe_groups)
     empty = True
     for item in chunks:
@@ -960,6 +1030,8 @@ def _run(chunks, *, path, fmt, kprobe_groups, stats, fast=True) -> tuple[pd.Data
     if p.out_of_range:
         st.warn(f"{path}: {p.out_of_range} event line(s) dropped as malformed: timestamp >= 2^63 ns, "
                 "or cpu or pid >= 2^31")
+    if st.values_out_of_range > oor0:
+        st.warn(values_out_of_range_warning(path, st.values_out_of_range - oor0))
     if st.malformed:
         st.warn(f"{path}: {st.malformed} malformed line(s) dropped")
     return frame, st

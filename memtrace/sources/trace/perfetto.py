@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 
 from memtrace.errors import EnvironmentProblem, InputError
 from memtrace.sources.trace.ftrace_text import NUMERIC_BASE, canonical_event, columns_for, derive
-from memtrace.tables.events import COLUMNS, EVENT_COLUMNS, IngestStats, coerce_events
+from memtrace.tables.events import COLUMNS, EVENT_COLUMNS, IngestStats, coerce_events, values_out_of_range_warning
 
 _TYPED_ALLOC = {"kmalloc", "kmem_cache_alloc", "kmalloc_node", "kmem_cache_alloc_node"}
 _I31 = 1 << 31  # pid, cpu, order: Int32 columns
@@ -380,8 +380,7 @@ class _Reader:
                     "or timestamp >= 2^63 ns")
         st.values_out_of_range += self.b.values_out_of_range
         if self.b.values_out_of_range:
-            st.warn(f"{path}: {self.b.values_out_of_range} field value(s) do not fit their column "
-                    "(size >= 2^63, order >= 2^31, ...): left null, events kept")
+            st.warn(values_out_of_range_warning(path, self.b.values_out_of_range))
         if self.b.bad_text:
             st.warn(f"{path}: {self.b.bad_text} text field(s) not UTF-8; decoded with replacement characters")
 
