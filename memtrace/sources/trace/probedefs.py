@@ -500,7 +500,9 @@ def render_trace_cmd(ps: ProbeSet, tracefs: str = "/sys/kernel/tracing", output:
     rm = [f"echo {_shq('-:' + p.event)} >> $T/kprobe_events" for p in reversed(ps.installable)]
     lines.append("cleanup() { " + "; ".join(rm + ["true"]) + "; }")
     lines.append("trap cleanup EXIT")
-    lines.append(f"trace-cmd record -o {output} " + " ".join(f"-e {e}" for e in evs))
+    # its own tracefs instance (-B), so the top-level buffer is neither consumed nor reset, and
+    # the boot clock (-C), as `memtrace capture` and the lab use: timestamps join across captures
+    lines.append(f"trace-cmd record -B memtrace -C boot -o {output} " + " ".join(f"-e {e}" for e in evs))
     return "\n".join(lines) + "\n"
 
 
