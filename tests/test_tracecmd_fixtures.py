@@ -7,10 +7,11 @@ Recorded by `trace-cmd record` 3.1.6 inside the lab guest (`fixtures/make-lab-fi
 installed, trace-cmd recording the page_counter and try_charge probes, cgroup life cycle and
 kmem:kfree, in the tracefs instance `memtrace-tc`, clock boot.
 
-The last tests show, on lines taken from these files, where the text parser
-(memtrace/sources/trace/ftrace_text.py) reads `trace-cmd report` text the user hands in
-directly differently from tracefs text; they are xfail (strict) until the parser learns it.
-load_trace_dat does not depend on them: it rewrites trace-cmd's spelling into tracefs' first.
+The last tests take lines from these files where `trace-cmd report` text differs from tracefs'
+text (buffer prefix, a kprobe's raw ip, the marker's ip, a plugin's prefix, `(nil)`): text a
+user hands in is rewritten into tracefs' spelling as load_trace_dat rewrites its own `trace-cmd
+report` (`tracecmd.to_tracefs_text`), without the trace.dat's kallsyms. Whole reports of these
+files: tests/test_tracecmd_report.py.
 """
 
 from __future__ import annotations
@@ -23,8 +24,7 @@ import pytest
 
 from memtrace.analyses.charges import charges_by_step, step_markers
 from memtrace.sources.trace import load_trace
-from memtrace.sources.trace.ftrace_text import parse_ftrace_text
-from memtrace.sources.trace.tracecmd import buffers
+from memtrace.sources.trace.tracecmd import buffers, parse_report_text
 from memtrace.tables.lab_truth import load_truth
 
 CAPTURES = Path(__file__).resolve().parent.parent / "fixtures" / "captures"
@@ -156,7 +156,7 @@ def test_kprobe_text_and_markers_read_as_tracefs_prints_them(kernel):
     assert kf["call_site"].astype(str).str.contains(r"\+0x[0-9a-f]+/0x[0-9a-f]+$").mean() > 0.99
 
 
-# -- `trace-cmd report` text as a user hands it in (load_report_text) --------------------------
+# -- `trace-cmd report` text as a user hands it in (parse_report_text) -------------------------
 #
 # Lines below are copied unmodified from `trace-cmd report -t` of these fixtures (and of the
 # full force run that made them: kmem plugin line). tracefs prints the same events as the
@@ -176,41 +176,32 @@ REPORT_NIL = (b"            trace-cmd-247   [001]  6683979250: kfree:           
 
 
 def _parse(line: bytes):
-    ev, st = parse_ftrace_text(b"cpus=2\n" + line, fmt="trace-cmd-report", kprobe_groups={"force_charge": "memtrace"})
+    ev, st = parse_report_text(b"cpus=2\n" + line, kprobe_groups={"force_charge": "memtrace"})
+    assert st.format == "trace-cmd-report"
     assert len(ev) == 1, st
     return ev.iloc[0], st
 
 
-@pytest.mark.xfail(strict=True, reason="ftrace_text: a kprobe's ip printed as `(ffffffffa1017df4)` (the format's "
-                   "'(%lx)', as trace-cmd prints it) is not taken for a kprobe prefix; the event is unknown, its fields unread")
 def test_report_text_kprobe_with_raw_ip():
     e, st = _parse(REPORT_KPROBE_NO_BUFFER)
     assert (str(e["event"]), int(e["pages"]), int(e["cgroup_id"]), st.unknown_events) == ("memtrace:force_charge", 1, 62, 0)
 
 
-@pytest.mark.xfail(strict=True, reason="ftrace_text: the `NAME:` buffer prefix of multi-buffer trace-cmd report "
-                   "lines ends up in comm")
 def test_report_text_buffer_prefix():
     e, _ = _parse(REPORT_MARKER)
     assert (str(e["comm"]), int(e["pid"])) == ("sh", 253)
 
 
-@pytest.mark.xfail(strict=True, reason="ftrace_text: a trace-cmd `print:` event keeps its '%ps: ' ip in the marker "
-                   "('tracing_mark_write: memtrace_step ...'; tracefs: 'memtrace_step ...')")
 def test_report_text_marker():
     e, _ = _parse(REPORT_MARKER.split(b":", 1)[1])
     assert (str(e["event"]), str(e["marker"])) == ("ftrace:print", "memtrace_step 001 start")
 
 
-@pytest.mark.xfail(strict=True, reason="ftrace_text: libtraceevent's kmem plugin prints kmem_cache_alloc & co. as "
-                   "'(sym+0x2b) call_site=...'; the '(...+0x...)' prefix is taken for a kprobe: kprobes:kmem_cache_alloc")
 def test_report_text_kmem_plugin_prefix():
     e, _ = _parse(REPORT_KMEM_PLUGIN)
     assert (str(e["event"]), int(e["bytes"])) == ("kmem:kmem_cache_alloc", 4096)
 
 
-@pytest.mark.xfail(strict=True, reason="ftrace_text: libtraceevent prints a NULL %p as '(nil)' (tracefs: "
-                   "0000000000000000); ptr is left null instead of 0")
 def test_report_text_nil_pointer():
     e, _ = _parse(REPORT_NIL)
     assert int(e["ptr"]) == 0

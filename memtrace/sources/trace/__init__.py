@@ -1,7 +1,10 @@
 """Trace captures → the event table (`memtrace.tables.events`).
 
 `load_trace(path)` sniffs the format (ftrace text, trace-cmd report, trace.dat, perfetto) and
-returns `(events, IngestStats)`.
+returns `(events, IngestStats)`. `trace-cmd report` text (its `cpus=N` first line, or event
+lines only trace-cmd prints, in the first 64 KiB: `detect.sniff`) is rewritten into tracefs'
+spelling as a trace.dat's own report is (`tracecmd.to_tracefs_text`); tracefs text is parsed
+as it is.
 """
 
 from __future__ import annotations

@@ -14,6 +14,23 @@ TRACE_DAT = "trace.dat"
 PERFETTO = "perfetto"
 
 _EVENT_LINE = re.compile(rb"^\s*.*-\d+\s+(?:\(\s*[-\d]*\)\s+)?\[\d+\]\s+.*\d:\s+[^:\s]+:", re.M)
+#: `trace-cmd report`'s first line (`cpus=N`; `version = N` from older trace-cmd)
+_REPORT_HEADER = re.compile(rb"\s*(?:version = \d+|cpus=\d+)[ \t\r]*(?:\n|$)")
+#: how `trace-cmd report` event lines differ from tracefs' (which never prints these):
+_REPORT_SIGNS = re.compile(
+    # a buffer name before comm (tracefs pads comm to 16 columns: its lines start with a space)
+    rb"^[^\s#:][^\s:]*: +\S[^\n]*?-\d+ +(?:\(\s*[-\d]*\)\s+)?\[\d+\]"
+    # a marker printed by its format, "%ps: %s" (tracefs: tracing_mark_write: TEXT)
+    rb"|\d: print: +[A-Za-z_][\w.]*: "
+    # a kprobe's ip as its format's "(%lx)" / "(%lx <- %lx)" (tracefs: (func+0x0/0x60))
+    rb"|\d: [^:\s]+: +\([0-9a-f]{16}(?: <- [0-9a-f]{16})?\)"
+    # a NULL pointer as printf's %p prints it (tracefs: 0000000000000000)
+    rb"|=\(nil\)[ \r\n]"
+    # a raw-count timestamp (trace-cmd prints the boot and mono clocks so) right after [cpu]:
+    # tracefs prints latency flags there ("d..1."), unless its irq-info option is off
+    rb"|^ *\S[^\n]*?-\d+ +\[\d+\] +\d+: ",
+    re.M,
+)
 
 
 def sniff(head: bytes, path: str = "<buffer>") -> str:
@@ -24,10 +41,11 @@ def sniff(head: bytes, path: str = "<buffer>") -> str:
         return TRACE_DAT
     if head.startswith(b"# tracer:") or head.startswith(b"#"):
         return FTRACE_TEXT
-    if re.match(rb"^(version = \d+|cpus=\d+)", head):
+    if _REPORT_HEADER.match(head):
         return TRACECMD_REPORT
     if _EVENT_LINE.search(head[:65536]):
-        return FTRACE_TEXT
+        # trace-cmd report text without its header line (cut, grepped): its event lines say so
+        return TRACECMD_REPORT if _REPORT_SIGNS.search(head[:65536]) else FTRACE_TEXT
     # perfetto: a Trace is repeated field 1 (tag 0x0a) packets
     if head[0] == 0x0A:
         return PERFETTO

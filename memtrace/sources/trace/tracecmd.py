@@ -1,39 +1,55 @@
 """trace-cmd: `trace-cmd report` text, and trace.dat read through `trace-cmd report`.
 
-A trace.dat is turned into text by the host's `trace-cmd report -t -N` and parsed as text:
+A trace.dat is turned into text by the host's `trace-cmd report -t -N` and parsed as text;
+`trace-cmd report` text a user made elsewhere (`trace-cmd report > out.txt`, with or without
+-t / -N) is read the same way, by the same normaliser (`to_tracefs_text`), minus what needs
+the trace.dat itself (its kallsyms, its event formats):
 
 * ``-t``: full timestamps (nanoseconds). For clocks trace-cmd does not know to be in
   nanoseconds-as-seconds ("boot", "mono", ...; trace-cmd 3.1 lists only local, global, uptime
-  and perf) it prints the raw count, e.g. ``6683093950:`` rather than ``6.683093950:``.
+  and perf) it prints the raw count, e.g. ``6683093950:`` rather than ``6.683093950:``, with or
+  without -t. Text made without -t from a local-clock file has microseconds only.
 * ``-N``: no libtraceevent plugins. The plugins are whatever the reading host has installed
   and they rewrite events' text (Debian's plugin_kmem prints kmalloc & co. as
   ``(getname_flags.part.0+0x2b) call_site=...``, which looks like a kprobe's ``(func+0x0/0x40)``
-  prefix); without them every event is printed by its own format from the trace.dat.
+  prefix); without them every event is printed by its own format from the trace.dat. In text
+  made with plugins, plugin_kmem's prefix (it repeats the call_site= after it) is removed, and
+  any other ``(sym+0xoff)`` prefix on a known tracepoint that is not a known kprobe: the
+  tracepoint wins. Other plugins' rewrites (sched_switch's ``==>`` form, ...) stay as printed.
 * A trace.dat holding more than one buffer (``trace-cmd record -B NAME`` always writes the
   top-level buffer too, empty) has every line prefixed by its buffer's name, ``NAME: comm-pid
-  [cpu] ...``. The buffers are read with ``trace-cmd dump --summary`` and those prefixes
-  removed; if more than one buffer holds events they end up in one table and a warning says so.
+  [cpu] ...``. The buffers are read with ``trace-cmd dump --summary`` (text: found at line
+  starts, where a tracefs line never has one) and those prefixes removed; if more than one
+  buffer of a trace.dat holds events they end up in one table and a warning says so.
 * Kprobe events: their format's print fmt is ``"(%lx) ..."`` (``"(%lx <- %lx) ..."``, with
   ``__probe_func`` first, for return probes), so trace-cmd prints raw addresses,
   ``(ffffffffb3d330b0) counter=...`` and ``(ffffffffb3d330b0 <- ffffffffb3d3a8a7) ok=1``, where
   tracefs prints ``(page_counter_try_charge+0x0/0xb0)`` and ``(try_charge_memcg+0xc7/0x780 <-
   page_counter_try_charge)`` (return address first). The events with a ``__probe_ip`` or
   ``__probe_func`` field (``dump --events``) get their addresses symbolised with the trace.dat's
-  own kallsyms (``dump --kallsyms``) into tracefs' form.
+  own kallsyms (``dump --kallsyms``) into tracefs' form. Text has no kallsyms: the kprobes are
+  known by name (`EventKinds`) and keep their addresses, ``(0xffffffffb3d330b0+0x0)`` and
+  ``(0xffffffffb3d3a8a7 <- 0xffffffffb3d330b0)`` (tracefs' order; ``+0x0`` marks an entry
+  probe's ip for the text parser, as tracefs' ``+0x0/0xb0`` does); so does an address missing
+  from a trace.dat's kallsyms.
 * Other differences from tracefs' text, made to read as tracefs prints them: a trace marker
   is ``print:    tracing_mark_write: TEXT`` (the event's name, then its "%ps: %s" format),
   tracefs prints ``tracing_mark_write: TEXT``; a NULL pointer is ``(nil)`` (tracefs:
   ``0000000000000000``); a ``%pS`` call site is ``sym+0xoff`` (tracefs: ``sym+0xoff/0xsize``;
-  the size is added from kallsyms when the name is unique there). mm_page_alloc's ``page=``
-  stays wrong (libtraceevent cannot evaluate ``vmemmap_base``); its ``pfn`` is right.
+  the size is added from a trace.dat's kallsyms when the name is unique there; text keeps
+  ``sym+0xoff``). mm_page_alloc's ``page=`` stays wrong (libtraceevent cannot evaluate
+  ``vmemmap_base``); its ``pfn`` is right.
 * Kprobe groups: text names a kprobe event without its group; a trace.dat stores it
   (``report -E`` lists system:event), so ``memtrace:pc_try_charge`` needs no lab meta.json.
+  Text takes them from the caller (load_trace: a lab meta.json beside the file), then from
+  memtrace's probe definitions (probes/*.toml), else the kernel's default group ``kprobes``.
 * The kernel's per-CPU statistics saved at the end of the recording (``report --stat``):
-  overruns and dropped events count as lost events.
+  overruns and dropped events count as lost events (a trace.dat only).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -44,21 +60,50 @@ import numpy as np
 import pandas as pd
 
 from memtrace.errors import EnvironmentProblem, InputError
-from memtrace.sources.trace.ftrace_text import parse_ftrace_text
+from memtrace.sources.trace import detect
+from memtrace.sources.trace.ftrace_text import MARKER_EVENTS, MEMTRACE_KPROBES, group_of, parse_ftrace_text
 from memtrace.tables.events import IngestStats
 
 #: `trace-cmd dump --summary`: [buffer "NAME", "CLOCK" clock, 4096 page size, 2 cpus, 1220715 bytes flyrecord data]
 _BUFFER = re.compile(r'\[buffer "([^"]*)", "([^"]*)" clock, \d+ page size, (\d+) cpus, (\d+) bytes')
 
 
+def parse_report_text(data: bytes, *, path: str = "<buffer>", kprobe_groups=None) -> tuple[pd.DataFrame, IngestStats]:
+    """`trace-cmd report` text (with or without -t, -N, buffer prefixes), read as load_trace_dat
+    reads its own `trace-cmd report`, without what needs the trace.dat (its kallsyms and event
+    formats; see `to_tracefs_text`). Kprobe events are known by name: `kprobe_groups`, then
+    memtrace's probe definitions (probes/*.toml), then memtrace's own names; a raw
+    ``(ffffffff...)`` ip on any other event that is not a known tracepoint is a kprobe too (group
+    ``kprobes``, the kernel's default)."""
+    groups = {**probe_definition_groups(), **(kprobe_groups or {})}
+    kinds = EventKinds(kprobe_names={*groups, *MEMTRACE_KPROBES})
+    return parse_ftrace_text(to_tracefs_text(data, kinds), path=path, fmt=detect.TRACECMD_REPORT, kprobe_groups=groups)
+
+
 def load_report_text(path: str, *, kprobe_groups=None) -> tuple[pd.DataFrame, IngestStats]:
-    """`trace-cmd report` output: `comm-pid [cpu] ts: event: fields`, header lines skipped."""
+    """A file of `trace-cmd report` text (`parse_report_text`)."""
     try:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as e:
         raise InputError(f"{path}: cannot read: {e.strerror or e}") from None
-    return parse_ftrace_text(data, path=path, fmt="trace-cmd-report", kprobe_groups=kprobe_groups)
+    return parse_report_text(data, path=path, kprobe_groups=kprobe_groups)
+
+
+@functools.lru_cache(maxsize=1)
+def _definition_groups() -> tuple[tuple[str, str], ...]:
+    from memtrace.sources.trace.probedefs import load_definitions
+
+    try:
+        defs = load_definitions()
+    except Exception:  # an installed package without probes/, or a broken definition file
+        return ()
+    return tuple((p.name, p.group) for p in defs.probes if any(a.kind != "tracepoint" for a in p.attach))
+
+
+def probe_definition_groups() -> dict[str, str]:
+    """{event name: group} of the kprobe events memtrace's own definitions (probes/*.toml) make."""
+    return dict(_definition_groups())
 
 
 def _run(exe: str, args: list[str], path: str, out=subprocess.PIPE) -> bytes:
@@ -181,16 +226,111 @@ class _Symbols:
         return b"%s+0x%x/0x%x%s" % (name, addr - start, size, mod)
 
 
+# -- trace-cmd's spelling → tracefs' -------------------------------------------------------------
+#
+# One normaliser for both inputs: the output of `trace-cmd report` that load_trace_dat runs, and
+# `trace-cmd report` text a user made elsewhere (parse_report_text). Only the first has the file's
+# kallsyms (`_Symbols`) and its event formats (which events are kprobes); text goes without.
+
+#: a line's buffer prefix, `NAME:` right before the padded comm. A tracefs line never starts with
+#: one: comm (at most 15 characters) is printed right-aligned in 16 columns, so it starts with a space.
+_BUFFER_PREFIX = re.compile(rb"\n([^\s#:][^\s:]*):(?= +\S)")
+_BUFFER_PREFIX_FIRST = re.compile(rb"([^\s#:][^\s:]*):(?= +\S)")
+#: what follows a buffer prefix: an event header (comm-pid, optional tgid, [cpu])
+_AFTER_PREFIX = re.compile(rb" +\S[^\n]*?-\d+ +(?:\(\s*[-\d]*\)\s+)?\[\d+\]")
 _MARKER = re.compile(rb": print: +([A-Za-z_][\w.]*: )")
 _NIL = re.compile(rb"=\(nil\)(?=[ \n])")
 _CALL_SITE = re.compile(rb"( call_site=)([A-Za-z_][\w.]*)\+0x([0-9a-f]+)(?=[ \n])")
+#: libtraceevent's plugin_kmem prints "(%s+0x%x) ", the call site, before kmalloc & co.'s own
+#: fields (call_site=... first): removed by one regex substitution, no Python per line
+_KMEM_PLUGIN = re.compile(rb"\(([A-Za-z_][\w.]*\+0x[0-9a-f]+)\) (?=call_site=\1[ \n])")
+#: a parenthesised prefix (right after an event name's colon, `_prefixes` checks): a kprobe's
+#: "(%lx)", a kretprobe's "(%lx <- %lx)" (16 hex digits: a 64-bit kernel address), or a
+#: plugin's "(sym+0xoff)". The search starts at "(", rarer in trace text than ":".
+_PREFIX = re.compile(rb"\((?:([0-9a-f]{16})(?: <- ([0-9a-f]{16}))?|([A-Za-z_][\w.]*\+0x[0-9a-f]+))\)( ?)")
 
 
-def _as_tracefs_text(data: bytes, path: str, exe: str, entry: set[str], ret: set[str]) -> bytes:
-    """trace-cmd report text → tracefs' spelling (module docstring)."""
-    data = _MARKER.sub(rb": \1", data)
+def strip_buffer_prefixes(data: bytes, names=()) -> tuple[bytes, list[bytes]]:
+    """`data` without its lines' buffer prefixes (a trace.dat with several buffers: ``NAME:
+    comm-pid [cpu] ...``), and the buffer names removed. `names`: names known beforehand (a
+    trace.dat's `dump --summary`); others are found at line starts. A few passes over the text
+    whatever its size: one replace per buffer name, and searches that skip every line starting
+    with a space (every tracefs line and every line already stripped)."""
+    found: list[bytes] = []
+
+    def remove(data: bytes, name: bytes) -> bytes:
+        tag = name + b":"
+        return (data[len(tag):] if data.startswith(tag) else data).replace(b"\n" + tag, b"\n")
+
+    for n in sorted(names, key=len, reverse=True):
+        data = remove(data, n)
+        found.append(n)
+    pos = 0
+    m = _BUFFER_PREFIX_FIRST.match(data)
+    while m is not None or (m := _BUFFER_PREFIX.search(data, pos)) is not None:
+        name = m.group(1)
+        if name not in found and _AFTER_PREFIX.match(data, m.end()):
+            found.append(name)
+            data = remove(data, name)
+            pos = m.start()  # the text before this line did not change
+            m = _BUFFER_PREFIX_FIRST.match(data) if pos == 0 else None
+            continue
+        pos, m = m.end(), None  # a line that merely starts with `word:`
+    return data, found
+
+
+class EventKinds:
+    """Which events are kprobes. A trace.dat's own formats say it exactly (`entry`/`ret`: the
+    events with a __probe_ip or __probe_func field); for text, by name: a known kprobe name
+    (`kprobe_names`: a caller's groups, memtrace's probe definitions, memtrace's own), else any
+    name that is not a known tracepoint."""
+
+    def __init__(self, entry: set[str] | None = None, ret: set[str] | None = None, kprobe_names=()) -> None:
+        self.exact = entry is not None or ret is not None
+        self.entry, self.ret = set(entry or ()), set(ret or ())
+        self.names = set(kprobe_names) | self.entry | self.ret
+
+    def kprobe(self, name: str, is_return: bool) -> bool:
+        if self.exact:
+            return name in (self.ret if is_return else self.entry)
+        return name in self.names or (group_of(name) is None and name not in MARKER_EVENTS)
+
+    def tracepoint(self, name: str) -> bool:
+        """A known tracepoint (its group known to memtrace) and not a known kprobe: its text wins."""
+        return name not in self.names and group_of(name) is not None
+
+
+def to_tracefs_text(data: bytes, kinds: EventKinds, *, symbols: "_Symbols | None" = None,
+                    buffers: list[str] | None = None) -> bytes:
+    """trace-cmd report text → tracefs' spelling (module docstring). `buffers`: buffer names
+    known beforehand (a trace.dat's); prefixes of others are found in the text. Without `symbols` (text a user
+    hands in), addresses stay numbers: a kprobe's ``(ffffffffa1017df4)`` becomes
+    ``(0xffffffffa1017df4+0x0)`` (the ``+0x`` marks it a kprobe's ip for the text parser, as
+    tracefs' ``(func+0x0/0x60)`` does), a kretprobe's ``(FUNC <- RET)`` ``(0xRET <- 0xFUNC)``
+    (tracefs' order), and call sites keep trace-cmd's ``sym+0xoff`` (no ``/0xsize``)."""
+    data, _ = strip_buffer_prefixes(data, [n.encode() for n in buffers or ()])
+    data = _sub_rare(data, b": print: ", _MARKER, lambda m: b": " + m.group(1))
     data = _NIL.sub(b"=0x0", data)
-    syms = _Symbols(_run(exe, ["dump", "--kallsyms"], path))
+    if symbols is not None:
+        data = _CALL_SITE.sub(_call_sites(symbols), data)
+    return _prefixes(data, kinds, symbols)
+
+
+def _sub_rare(data: bytes, needle: bytes, rx: re.Pattern, repl) -> bytes:
+    """`rx.sub(repl, data)` for a pattern whose every match starts with `needle` and that matches
+    a few lines of a capture (step markers): bytes.find looks for it, far faster than the regex."""
+    out, last = [], 0
+    i = data.find(needle)
+    while i >= 0:
+        m = rx.match(data, i)
+        if m is not None:
+            out += (data[last:i], repl(m))
+            last = m.end()
+        i = data.find(needle, m.end() if m is not None else i + 1)
+    return data if not out else b"".join(out) + data[last:]
+
+
+def _call_sites(syms: "_Symbols"):
     sizes: dict[bytes, bytes] = {}
 
     def call_site(m: re.Match) -> bytes:
@@ -202,41 +342,50 @@ def _as_tracefs_text(data: bytes, path: str, exe: str, entry: set[str], ret: set
             sizes[key] = got
         return got
 
-    data = _CALL_SITE.sub(call_site, data)
-    return _symbolise_kprobes(data, entry, ret, syms)
+    return call_site
 
 
-#: a kprobe's "(%lx)" or a kretprobe's "(%lx <- %lx)" right after the event name's colon
-_RAW_IP = re.compile(rb":( +)\(([0-9a-f]{16})(?: <- ([0-9a-f]{16}))?\)")
-
-
-def _symbolise_kprobes(data: bytes, entry: set[str], ret: set[str], syms: "_Symbols") -> bytes:
-    if not (entry | ret):
-        return data
-    entry_b, ret_b = {n.encode() for n in entry}, {n.encode() for n in ret}
+def _prefixes(data: bytes, kinds: EventKinds, syms: "_Symbols | None") -> bytes:
+    """The parenthesised prefix after an event's name: kprobe addresses in tracefs' form; a
+    plugin's ``(sym+0xoff) `` removed (tracefs prints the fields only): plugin_kmem's, that
+    repeats the call_site= that follows it, on any event (a kprobe's ip is never symbolic in
+    trace-cmd's text); any other such prefix on a known tracepoint (that is not a known kprobe)."""
     cache: dict[tuple, bytes] = {}
 
+    def named(a: bytes, offset: bool = True) -> bytes | None:
+        return syms.lookup(int(a, 16), offset=offset) if syms is not None else None
+
     def sub(m: re.Match) -> bytes:
-        # the event name: from the space before it to the colon this match starts at
-        name = data[data.rfind(b" ", 0, m.start()) + 1: m.start()]
+        # before the "(": `TIMESTAMP: NAME:` and the padding (C-speed finds, no regex: this
+        # runs once per kprobe line, and per kmem line of a report made with plugins)
+        st = m.start()
+        colon = data.rfind(b":", max(0, st - 64), st)
+        if colon < 0 or data[colon + 1: st].strip(b" ") or colon + 1 == st:
+            return m.group(0)  # not right after an event name: inside an event's fields
+        ns = data.rfind(b" ", max(0, colon - 96), colon) + 1
+        if ns < 3 or data[ns - 2: ns] != b": " or not data[ns - 3: ns - 2].isdigit():
+            return m.group(0)
+        name = data[ns:colon]
         key = (name, m.group(0))
         got = cache.get(key)
         if got is None:
-            pad, a, b = m.group(1), m.group(2), m.group(3)
+            a, b, plugin, space = m.groups()
             got = m.group(0)
-            if b is None and name in entry_b:
-                s = syms.lookup(int(a, 16))
-                if s:
-                    got = b":" + pad + b"(" + s + b")"
-            elif b is not None and name in ret_b:
-                # trace-cmd: (func <- ret_ip); tracefs: (ret_ip as sym+off/size <- func as sym)
-                f, r = syms.lookup(int(a, 16), offset=False), syms.lookup(int(b, 16))
-                if f and r:
-                    got = b":" + pad + b"(" + r + b" <- " + f + b")"
+            name = name.decode("utf-8", "replace")
+            if plugin is not None:
+                if kinds.tracepoint(name):
+                    got = b""
+            elif kinds.kprobe(name, b is not None):
+                if b is None:
+                    got = b"(" + (named(a) or b"0x" + a + b"+0x0") + b")" + space
+                else:
+                    # trace-cmd: (func <- ret_ip); tracefs: (ret_ip as sym+off/size <- func as sym)
+                    got = b"(" + (named(b) or b"0x" + b) + b" <- " + (named(a, offset=False) or b"0x" + a) + b")" + space
             cache[key] = got
         return got
 
-    return _RAW_IP.sub(sub, data)
+    data = _KMEM_PLUGIN.sub(b"", data)  # before `sub` reads positions in it
+    return _PREFIX.sub(sub, data)
 
 
 def _exe(path: str, trace_cmd: str | None) -> str:
@@ -266,18 +415,21 @@ def load_trace_dat(path: str, *, kprobe_groups=None, trace_cmd: str | None = Non
             _run(exe, ["report", "-t", "-N"], path, out=f)
         with open(out, "rb") as f:
             data = f.read()
-    named = [b["name"] for b in bufs if b["name"]]
-    if len(bufs) > 1 and named:
-        # `NAME:` before each event line of a file with several buffers
-        for n in sorted(named, key=len, reverse=True):
-            tag = n.encode() + b":"
-            data = (data[len(tag):] if data.startswith(tag) else data).replace(b"\n" + tag, b"\n")
-    entry, ret = optional(lambda: kprobe_events(path, trace_cmd=exe), (set(), set()))
-    data = optional(lambda: _as_tracefs_text(data, path, exe, entry, ret), data)
-    # a trace.dat names each kprobe event's group (system) itself; a caller's mapping wins
+    kp = optional(lambda: kprobe_events(path, trace_cmd=exe), None)
+    syms = optional(lambda: _Symbols(_run(exe, ["dump", "--kallsyms"], path)), None)
+    # a trace.dat names each event's group (system) itself; a caller's mapping wins
     systems = optional(lambda: event_systems(path, trace_cmd=exe), {})
-    groups = {n: systems[n] for n in entry | ret if n in systems}
+    if kp is not None:
+        entry, ret = kp
+        kinds = EventKinds(entry, ret)
+        groups = {n: systems[n] for n in entry | ret if n in systems}
+    else:  # without `dump --events`: kprobes by name, as for text (the parser asks groups of kprobes only)
+        groups = dict(systems)
+        kinds = EventKinds(kprobe_names={*(kprobe_groups or {}), *MEMTRACE_KPROBES})
     groups.update(kprobe_groups or {})
+    # `NAME:` before each line of a file with several buffers (found in the text without `dump`)
+    named = [b["name"] for b in bufs if b["name"]] if len(bufs) > 1 else []
+    data = to_tracefs_text(data, kinds, symbols=syms, buffers=named)
     df, st = parse_ftrace_text(data, path=path, fmt="trace.dat", kprobe_groups=groups)
     with_data = [b["name"] or "(top level)" for b in bufs if b["bytes"] > 0]
     if len(with_data) > 1:

@@ -1,0 +1,194 @@
+"""`trace-cmd report` text handed to memtrace (`trace-cmd report > out.txt` on another host):
+detected by its header or its event lines (memtrace.sources.trace.detect), rewritten into
+tracefs' spelling by the normaliser trace.dat ingest uses (tracecmd.to_tracefs_text), without
+the trace.dat's kallsyms and event formats.
+
+The last tests make real report text from the committed fixtures/captures/*.trace.dat with
+the host's trace-cmd, with and without -N (plugins), and compare it with ingesting the
+trace.dat itself: the same frame but for two columns that need the trace.dat's kallsyms:
+`args` of kprobe events (their ip stays an address) and `call_site` (no ``/0xsize``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from memtrace.analyses.charges import charges_by_step
+from memtrace.sources.trace import detect, load_trace
+from memtrace.sources.trace.tracecmd import parse_report_text, strip_buffer_prefixes
+from memtrace.tables.lab_truth import load_truth
+
+ROOT = Path(__file__).resolve().parent.parent
+CAPTURES = ROOT / "fixtures" / "captures"
+TRACEFS_EXCERPTS = [CAPTURES / "force-6.1.page_counter.txt", ROOT / "fixtures" / "traces" / "restart-6.1.excerpt.txt"]
+
+needs_trace_cmd = pytest.mark.skipif(shutil.which("trace-cmd") is None,
+                                     reason="making report text needs trace-cmd (scripts/setup installs it)")
+
+# lines of `trace-cmd report` of force-6.12.trace.dat (buffer memtrace-tc), unmodified
+KPROBE = (b"memtrace-tc:           mapctl-470   [000] 10626570045: force_charge:         "
+          b"(ffffffffa1017df4) counter=0xffff89eb81ca1900 nr=1 cgid=62\n")
+KRETPROBE = (b"memtrace-tc:            mkdir-257   [001]  5799848271: pc_try_charge_ret:    "
+             b"(ffffffff82b330b0 <- ffffffff82b3a8a7) ok=1\n")
+MARKER = (b"memtrace-tc:               sh-253   [001]  7319005210: print:                "
+          b"tracing_mark_write: memtrace_step 001 start\n")
+KFREE_PLUGIN = (b"memtrace-tc:        trace-cmd-241   [000]  5587581291: kfree:                "
+                b"(tomoyo_check_open_permission+0x107) call_site=tomoyo_check_open_permission+0x107 ptr=(nil)\n")
+KFREE_N = (b"            trace-cmd-247   [001]  6683979250: kfree:                "
+           b"call_site=tomoyo_check_open_permission+0x107 ptr=0xffff8cb7c1b7c000\n")
+
+
+def _one(text: bytes, **kw):
+    ev, st = parse_report_text(text, **kw)
+    assert len(ev) == 1 and st.malformed == 0, st
+    return ev.iloc[0], st
+
+
+# -- detection: from the first 64 KiB only -----------------------------------------------------
+
+@pytest.mark.parametrize("head", [
+    b"cpus=2\n" + KFREE_N,
+    b"\nversion = 6\ncpus=2\n" + KFREE_N,
+    KFREE_N + KPROBE,           # no header (cut or grepped), a buffer prefix
+    KFREE_N + KPROBE.split(b":", 1)[1],  # a kprobe's raw ip
+    MARKER.split(b":", 1)[1],   # print: tracing_mark_write: TEXT
+    KFREE_PLUGIN.split(b":", 1)[1],  # ptr=(nil)
+    KFREE_N,                    # a raw-count timestamp right after [cpu]
+])
+def test_sniff_trace_cmd_report(head):
+    assert detect.sniff(head) == detect.TRACECMD_REPORT
+
+
+@pytest.mark.parametrize("path", TRACEFS_EXCERPTS)
+def test_sniff_tracefs_text_stays_ftrace_text(path):
+    data = path.read_bytes()
+    assert detect.sniff(data[:65536]) == detect.FTRACE_TEXT
+    # without its header (trace_pipe): its lines are tracefs' (latency flags, comm padded)
+    body = b"".join(l for l in data.splitlines(keepends=True) if not l.startswith(b"#"))
+    assert detect.sniff(body[:65536]) == detect.FTRACE_TEXT
+    # a comm with a colon (kworker/0:1) is no buffer prefix
+    assert detect.sniff(b"    kworker/0:1-12      [000] d..1.     3.857403: kfree: call_site=x+0x1/0x2 ptr=0\n") == detect.FTRACE_TEXT
+
+
+# -- the five ways trace-cmd's text differs (tests/test_tracecmd_fixtures.py has them on
+#    single lines too), and the rules for kprobes without a symbol table ------------------------
+
+def test_kprobe_raw_ip_known_from_probe_definitions():
+    """force_charge is one of memtrace's probes (probes/memcg.toml, group memtrace): no hint needed."""
+    e, st = _one(KPROBE)
+    assert (str(e["event"]), int(e["pages"]), int(e["cgroup_id"]), str(e["comm"]), st.unknown_events) == \
+        ("memtrace:force_charge", 1, 62, "mapctl", 0)
+    assert e["args"] == "(0xffffffffa1017df4+0x0) counter=0xffff89eb81ca1900"
+
+
+def test_kprobe_group_from_caller_wins():
+    e, _ = _one(KPROBE, kprobe_groups={"force_charge": "mine"})
+    assert str(e["event"]) == "mine:force_charge"
+
+
+def test_kretprobe_in_tracefs_order():
+    e, _ = _one(KRETPROBE)
+    assert (str(e["event"]), e["args"]) == ("memtrace:pc_try_charge_ret", "(0xffffffff82b3a8a7 <- 0xffffffff82b330b0) ok=1")
+
+
+def test_unknown_name_with_raw_ip_is_a_kprobe_of_the_default_group():
+    e, st = _one(b"cpus=1\n  a-1 [000] 100: my_probe: (ffffffff81000010) nr=3 x=7\n")
+    assert (str(e["event"]), int(e["pages"]), e["args"], st.unknown_events) == \
+        ("kprobes:my_probe", 3, "(0xffffffff81000010+0x0) x=7", 0)
+
+
+def test_known_tracepoint_wins_over_a_prefix_unless_a_known_kprobe():
+    """The decision for a `(...)` prefix on a tracepoint's name: plugin_kmem's (it repeats
+    call_site=) is removed on any event; another `(sym+0xoff)` is removed on a known tracepoint
+    unless the name is a known kprobe (a caller's or memtrace's probe); a raw ip on a known
+    tracepoint that is not a known kprobe is left in its text."""
+    e, _ = _one(KFREE_PLUGIN)
+    assert (str(e["event"]), str(e["call_site"]), int(e["ptr"]), str(e["comm"])) == \
+        ("kmem:kfree", "tomoyo_check_open_permission+0x107", 0, "trace-cmd")
+    other = b"cpus=1\n  a-1 [000] 100: kfree:                (foo+0x10) call_site=bar+0x2 ptr=0x10\n"
+    e, _ = _one(other)
+    assert (str(e["event"]), int(e["ptr"])) == ("kmem:kfree", 16) and pd.isna(e["args"])
+    e, _ = _one(other, kprobe_groups={"kfree": "mine"})
+    assert str(e["event"]) == "mine:kfree" and e["args"].startswith("(foo+0x10)")
+    e, _ = _one(b"cpus=1\n  a-1 [000] 100: kfree: (ffffffff81000010) call_site=bar+0x2 ptr=0x10\n")
+    assert (str(e["event"]), e["args"]) == ("kmem:kfree", "(ffffffff81000010)")
+
+
+def test_marker_and_buffer_prefix():
+    e, _ = _one(MARKER)
+    assert (str(e["event"]), e["marker"], str(e["comm"]), int(e["pid"]), int(e["ts_ns"])) == \
+        ("ftrace:print", "memtrace_step 001 start", "sh", 253, 7319005210)
+
+
+def test_a_raw_ip_inside_fields_is_left_alone():
+    e, _ = _one(b"cpus=1\n  a-1 [000] 100: tracing_mark_write: x: (ffffffff81000010) y\n")
+    assert e["marker"] == "x: (ffffffff81000010) y"
+
+
+def test_buffer_prefixes_found_in_the_text():
+    text = (b"cpus=2\nA: " + KFREE_N.lstrip() + b"note: not an event line\n" + KFREE_N
+            + b"long-name.2:" + KFREE_N + b"A:" + KFREE_N)
+    out, names = strip_buffer_prefixes(text)
+    assert names == [b"A", b"long-name.2"]
+    assert out == b"cpus=2\n " + KFREE_N.lstrip() + b"note: not an event line\n" + KFREE_N * 3
+    assert strip_buffer_prefixes(KFREE_N * 2) == (KFREE_N * 2, [])
+
+
+# -- whole reports of the trace.dat fixtures ------------------------------------------------------
+
+def _report(kernel: str, flags: list[str], dest: Path) -> Path:
+    dat = CAPTURES / f"force-{kernel}.trace.dat"
+    dest.write_bytes(subprocess.run(["trace-cmd", "report", *flags, "-i", str(dat)], capture_output=True, check=True).stdout)
+    return dest
+
+
+@needs_trace_cmd
+@pytest.mark.parametrize("flags", [[], ["-N"], ["-t", "-N"]], ids=["plugins", "-N", "-t-N"])
+@pytest.mark.parametrize("kernel", ["6.1", "6.12"])
+def test_report_text_reads_as_the_trace_dat(kernel, flags, tmp_path):
+    dat, sd = load_trace(str(CAPTURES / f"force-{kernel}.trace.dat"))
+    rep, sr = load_trace(str(_report(kernel, flags, tmp_path / "report.txt")))
+    assert (sd.format, sr.format) == ("trace.dat", "trace-cmd-report")
+    assert (sr.events_parsed, sr.unknown_events, sr.malformed, sr.lost_events) == (sd.events_parsed, 0, 0, 0)
+    # the same frame, but for the two columns that need the trace.dat's kallsyms
+    same = [c for c in dat.columns if c not in ("args", "call_site")]
+    pd.testing.assert_frame_equal(rep[same], dat[same])
+    # call_site: trace-cmd's sym+0xoff, without tracefs' /0xsize
+    assert rep["call_site"].astype(str).tolist() == \
+        dat["call_site"].astype(str).str.replace(r"/0x[0-9a-f]+$", "", regex=True).tolist()
+    # args: the same but for the ip of the kprobe events
+    kp = dat["event"].astype(str).str.startswith("memtrace:")
+    assert rep["args"][~kp].equals(dat["args"][~kp])
+    strip = r"^\([^)]*\) ?"
+    assert rep["args"][kp].str.replace(strip, "", regex=True).tolist() == dat["args"][kp].str.replace(strip, "", regex=True).tolist()
+    ret = dat["event"].astype(str).str.endswith("_ret")
+    assert rep["args"][kp & ~ret].str.match(r"\(0xffffffff[0-9a-f]{8}\+0x0\)").all()
+    assert rep["args"][kp & ret].str.match(r"\(0xffffffff[0-9a-f]{8} <- 0xffffffff[0-9a-f]{8}\)").all()
+    # and memtrace's analyses read both the same
+    truth = load_truth(CAPTURES / f"force-{kernel}.trace.dat.truth.json")
+    pd.testing.assert_frame_equal(charges_by_step(rep, truth), charges_by_step(dat, truth))
+
+
+@needs_trace_cmd
+def test_report_text_without_header_and_the_cli(tmp_path):
+    """grep'd report text (no `cpus=` line): the event lines say what it is; `memtrace ingest
+    --json` names the format."""
+    text = _report("6.12", [], tmp_path / "full.txt").read_bytes()
+    cut = tmp_path / "cut.txt"
+    cut.write_bytes(b"".join(l for l in text.splitlines(keepends=True) if b"cpus=" not in l))
+    p = subprocess.run([sys.executable, "-m", "memtrace", "ingest", str(cut), "--json"], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    s = json.loads(p.stdout)
+    assert s["ingest"]["format"] == "trace-cmd-report"
+    assert (s["ingest"]["unknown_events"], s["ingest"]["malformed"]) == (0, 0)
+    counts = {e["event"]: e["count"] for e in s["events"]}
+    assert counts["memtrace:force_charge"] == 53 and counts["ftrace:print"] == 5 and counts["kmem:kfree"] == 27118
+    assert not any(re.match(r"kprobes:", e) for e in counts)
