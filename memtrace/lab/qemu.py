@@ -117,11 +117,21 @@ class Guest:
         tail = text.splitlines()[-lines:]
         return "serial log tail:\n" + "\n".join("  " + l for l in tail)
 
-    def panic_tail(self, before: int = 5, most: int = 60) -> str:
-        """The console from a few lines before the last "Kernel panic" line on."""
+    def panic_tail(self, most: int = 80) -> str:
+        """The console of the oops that led to the last "Kernel panic" line: from the oops's
+        first line ("BUG:", "Oops:", "general protection fault", ...) through the panic, at
+        most ``most`` lines (the oops header and call trace are what say why)."""
         lines = self.serial_log.read_text(errors="replace").splitlines()
-        at = max((i for i, l in enumerate(lines) if "Kernel panic - not syncing" in l), default=len(lines) - most)
-        shown = lines[max(0, at - before) :][:most]
+        at = max((i for i, l in enumerate(lines) if "Kernel panic - not syncing" in l), default=len(lines) - 1)
+        start = max(0, at - 5)
+        oops = re.compile(r"\] (BUG:|Oops:|general protection fault|kernel BUG at|WARNING:|Unable to handle|stack segment)")
+        for i in range(at, max(-1, at - 400), -1):
+            if oops.search(lines[i]):
+                start = i
+                break
+        shown = lines[start : at + 2]
+        if len(shown) > most:  # keep the head (why) and the tail (the panic)
+            shown = shown[: most - 10] + ["  ..."] + shown[-9:]
         return "serial log from the panic:\n" + "\n".join("  " + l for l in shown)
 
     def _read_new(self) -> str:
