@@ -226,3 +226,8 @@ def test_trace_cmd_without_dump_still_reads_the_events(tmp_path):
     assert st.events_parsed == sum(COUNTS["6.1"].values()) and st.malformed == 0
     assert len(st.warnings) == 3 and all("trace-cmd dump failed" in w for w in st.warnings)
     assert int(ev["event"].astype(str).eq("kmem:kfree").sum()) == COUNTS["6.1"]["kmem:kfree"]
+    # what needs no `dump` is still done: buffer prefixes found in the text, markers, kprobes
+    # known by name (their ips stay addresses without the kallsyms), groups from `report -E`
+    assert ev["event"].astype(str).value_counts().to_dict() == COUNTS["6.1"] and st.unknown_events == 0
+    assert not ev["comm"].astype(str).str.startswith("memtrace-tc").any()
+    assert ev[ev["event"].astype(str).eq("memtrace:force_charge")]["args"].str.match(r"\(0xffffffff[0-9a-f]{8}\+0x0\) ").all()
