@@ -122,6 +122,11 @@ def test_known_tracepoint_wins_over_a_prefix_unless_a_known_kprobe():
     assert (str(e["event"]), e["args"]) == ("kmem:kfree", "(ffffffff81000010)")
 
 
+def test_crlf_line_ends():
+    e, _ = _one(KFREE_PLUGIN.replace(b"\n", b"\r\n"))
+    assert (str(e["event"]), int(e["ptr"]), str(e["call_site"])) == ("kmem:kfree", 0, "tomoyo_check_open_permission+0x107")
+
+
 def test_marker_and_buffer_prefix():
     e, _ = _one(MARKER)
     assert (str(e["event"]), e["marker"], str(e["comm"]), int(e["pid"]), int(e["ts_ns"])) == \

@@ -239,11 +239,11 @@ _BUFFER_PREFIX_FIRST = re.compile(rb"([^\s#:][^\s:]*):(?= +\S)")
 #: what follows a buffer prefix: an event header (comm-pid, optional tgid, [cpu])
 _AFTER_PREFIX = re.compile(rb" +\S[^\n]*?-\d+ +(?:\(\s*[-\d]*\)\s+)?\[\d+\]")
 _MARKER = re.compile(rb": print: +([A-Za-z_][\w.]*: )")
-_NIL = re.compile(rb"=\(nil\)(?=[ \n])")
+_NIL = re.compile(rb"=\(nil\)(?=[ \r\n])")
 _CALL_SITE = re.compile(rb"( call_site=)([A-Za-z_][\w.]*)\+0x([0-9a-f]+)(?=[ \n])")
 #: libtraceevent's plugin_kmem prints "(%s+0x%x) ", the call site, before kmalloc & co.'s own
 #: fields (call_site=... first): removed by one regex substitution, no Python per line
-_KMEM_PLUGIN = re.compile(rb"\(([A-Za-z_][\w.]*\+0x[0-9a-f]+)\) (?=call_site=\1[ \n])")
+_KMEM_PLUGIN = re.compile(rb"\(([A-Za-z_][\w.]*\+0x[0-9a-f]+)\) (?=call_site=\1[ \r\n])")
 #: a parenthesised prefix (right after an event name's colon, `_prefixes` checks): a kprobe's
 #: "(%lx)", a kretprobe's "(%lx <- %lx)" (16 hex digits: a 64-bit kernel address), or a
 #: plugin's "(sym+0xoff)". The search starts at "(", rarer in trace text than ":".
