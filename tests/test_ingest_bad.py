@@ -474,3 +474,37 @@ def test_text_and_perfetto_null_the_same_fields():
     assert len(a) == len(b) == len(BOTH)
     pd.testing.assert_frame_equal(a, b, check_exact=True, check_categorical=False)
     assert b["args"].notna().sum() == nulled
+
+
+#: (key, text) as a string field in perfetto and verbatim in text: both read numbers the same way
+BOTH_STR = [
+    ("cgid", "18446744073709551616"), ("cgid", "-18446744073709551615"), ("cgid", "-9223372036854775809"),
+    ("cgid", "-0x10"), ("cgid", "0XfF"), ("nr", "-0x10"), ("nr", "9223372036854775808"), ("nr", "+5"),
+    ("nr", "1_0"), ("nr", "0x"), ("map_id", "-1"), ("map_id", "4294967295"), ("order", "2147483648"),
+    ("ptr", "ffff"), ("ptr", "-1"), ("size", "000000000000000000000000042"),
+]
+
+
+def test_text_and_perfetto_read_number_strings_alike():
+    """Numbers that arrive as text (perfetto string fields, any field of a text capture):
+    sign, 0x, the column's base, 2^64 magnitudes and not-a-number strings give the same
+    columns and the same count in both readers."""
+    def extra(bi, bd):
+        if bi == 1:
+            for i, (k, v) in enumerate(BOTH_STR):
+                _generic(bd, 50 + i, "percpu_alloc_percpu", **{k: ("str_value", v)})
+
+    pdf, pst = same_perfetto(_bundles(extra))
+    text = b"".join(b"            w-5       [000] .....     0.%09d: percpu_alloc_percpu: %s=%s\n"
+                    % (50 + i, k.encode(), v.encode()) for i, (k, v) in enumerate(BOTH_STR))
+    tdf, tst = same_text(text)
+    assert pst.values_out_of_range == tst.values_out_of_range == 4
+    cols = ["bytes_req", "pages", "order", "map_id", "cgroup_id", "ptr"]
+    a = pdf[pdf["ts_ns"] < 1000].set_index("ts_ns")[cols]
+    b = tdf.set_index("ts_ns")[cols]
+    assert len(a) == len(b) == len(BOTH_STR)
+    pd.testing.assert_frame_equal(a, b, check_exact=True, check_categorical=False)
+    got = b.to_dict("index")
+    assert pd.isna(got[50]["cgroup_id"]) and got[51]["cgroup_id"] == 1 and got[53]["cgroup_id"] == (1 << 64) - 16
+    assert got[55]["pages"] == -16 and pd.isna(got[57]["pages"]) and got[63]["ptr"] == 0xFFFF
+    assert got[65]["bytes_req"] == 42

@@ -167,6 +167,24 @@ def _kv_str(b, k, v):
 _COLS_FOR: dict[str, dict[str, str]] = {}  # columns_for, per event name
 
 
+def _text_int(s: str, base: int) -> int | None:
+    """A number written as text, read as the text formats read it (`parse_ints`): optional
+    '-', optional 0x (then hex), else digits of the column's base; None if it is not one."""
+    t = s[1:] if s.startswith("-") else s
+    if t[:2] in ("0x", "0X"):
+        base, t = 16, t[2:]
+    elif base != 16:  # 0: decimal unless 0x
+        base = 10
+    if not t or not all(c in (_HEXDIGITS if base == 16 else _DECDIGITS) for c in t):
+        return None
+    v = int(t, base)
+    return -v if s.startswith("-") else v
+
+
+_HEXDIGITS = frozenset("0123456789abcdefABCDEF")
+_DECDIGITS = frozenset("0123456789")
+
+
 def _route(b: _Builder, row: int, event: str, known: bool, fields: list[tuple[str, object]]):
     """Put named field values into columns, the rest into args. A number that does not fit its
     column (UInt64 columns take any value mod 2^64) is left null there, kept as `key=value` in args,
@@ -180,9 +198,8 @@ def _route(b: _Builder, row: int, event: str, known: bool, fields: list[tuple[st
             if col in NUMERIC_BASE:
                 if isinstance(v, (bytes, str)):
                     s = b.text(v)
-                    try:
-                        v = int(s, 16) if (col == "ptr" or s.lower().startswith("0x")) else int(s)
-                    except ValueError:
+                    v = _text_int(s, NUMERIC_BASE[col])
+                    if v is None:
                         rest.append(_kv_str(b, k, s))
                         continue
                 try:
@@ -190,8 +207,12 @@ def _route(b: _Builder, row: int, event: str, known: bool, fields: list[tuple[st
                 except (TypeError, ValueError):  # not a number (a repeated or message field)
                     rest.append(_kv_str(b, k, v))
                     continue
-                if col in _MOD64_COLS:
+                if col in _MOD64_COLS and -_M64 <= v <= _M64:  # any 64-bit magnitude, mod 2^64
                     v &= _M64
+                elif col in _MOD64_COLS:
+                    b.values_out_of_range += 1
+                    rest.append(f"{k}={v}")
+                    continue
                 else:
                     lo, hi = _RANGE[COLUMNS[col].dtype]
                     if not lo <= v < hi:
