@@ -256,7 +256,9 @@ def test_element_bytes_land_in_the_creating_memcg(runs, kernel):
     # the elements go with their sockets through RCU (sk free, then kfree_rcu): most are back
     # by the step's record, the rest a moment later (seen left: 0 to 28 KiB on 6.1, 8 to 64
     # KiB on 6.12, more when the host is busy)
-    assert 0 <= closed < delta // 4, (closed, delta)
+    # (and late frees of the mapctl that created the map in owner can take it below its
+    # create-step reading: seen -4,096 on 6.12)
+    assert -2 * PAGE_SIZE <= closed < delta // 4, (closed, delta)
     per_object = charged // (2 * FILL1)  # both objects sit in the same size class here
     assert set(mine["bytes"].astype(int)) == {per_object}
     held = _current(raw, "sk_storage-held", "/pod/owner") - _current(raw, "sockets-closed", "/pod/owner")
@@ -321,10 +323,11 @@ def test_snapshot_attributes_elements_and_storages_to_the_maps_memcg(runs, kerne
     what the trace saw each charge cost; the buckets charged to no one (allocated before
     map->objcg is set); and owner's memory.current explained: the map's charged bytes plus
     objcg leftovers and stocks, the rest itemised by a scan of everything charged to owner:
-    the bpffs pin's dentry and inode. Seen: 6.1 memory.current 212,992 = map 200,120
-    (94.0%; 998 x 200 B + the 520 B smap) + leftovers 12,024 (obj stock 3,832, page stock
-    8,192) + residual 848 (dentry 200, inode 648); 6.12 204,800 = 200,120 (97.7%) + 3,840
-    (nr_charged_bytes) + 840 (dentry 200, inode 640). Map plus leftovers: 99.6% on both."""
+    the bpffs pin's dentry and inode. Seen: 6.1 memory.current 204,800 = map 200,120
+    (97.7%; 998 x 200 B + the 520 B smap) + leftovers 3,832 (the CPU's object stock) +
+    residual 848 (dentry 200, inode 648), and in another run 212,992 with 8,192 more in the
+    page stock (map 94.0%); 6.12 204,800 = 200,120 (97.7%) + 3,840 (nr_charged_bytes) + 840
+    (dentry 200, inode 640), twice. Map plus leftovers: 99.6% every time."""
     from memtrace.tables.snapshot_file import load
 
     t = runs.tables(kernel)
