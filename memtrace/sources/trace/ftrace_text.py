@@ -75,11 +75,6 @@ TRACEPOINT_GROUPS: dict[str, str] = {
 }
 #: name prefixes that fix the group
 PREFIX_GROUPS = (("cgroup_", "cgroup"), ("sched_", "sched"), ("mm_vmscan_", "vmscan"), ("bpf_", "bpf"))
-#: memtrace's own kprobe events (probes/, kernel-notes §7.1) live in group `memcg`
-MEMTRACE_KPROBES = {
-    n: "memcg"
-    for n in "try_charge objcg_charge objcg_uncharge pc_force pc_try kmem_page kmem_page_ret pcpu_post slab_post".split()
-}
 MARKER_EVENTS = {"print", "tracing_mark_write"}
 
 
@@ -98,7 +93,10 @@ def canonical_event(name: str, *, kprobe: bool = False, kprobe_groups: dict[str,
     if name in MARKER_EVENTS:
         return "ftrace:print", True
     if kprobe:
-        g = (kprobe_groups or {}).get(name) or MEMTRACE_KPROBES.get(name) or "kprobes"
+        # memtrace's own kprobe events take the group of their definitions (probes/*.toml)
+        from memtrace.sources.trace.probedefs import default_kprobe_groups
+
+        g = (kprobe_groups or {}).get(name) or default_kprobe_groups().get(name) or "kprobes"
         return f"{g}:{name}", True
     g = group_of(name)
     return (f"{g}:{name}", True) if g else (name, False)

@@ -16,6 +16,7 @@ Probes whose function the kernel cannot trace are skipped with a reason.
 
 from __future__ import annotations
 
+import functools
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -34,6 +35,21 @@ def default_definitions() -> list[Path]:
     if not files:
         raise InputError(f"{root}: no probe definitions (*.toml) found; pass --defs FILE")
     return files
+
+
+@functools.lru_cache(maxsize=1)
+def _default_kprobe_groups() -> tuple[tuple[str, str], ...]:
+    try:
+        defs = load_definitions()
+    except Exception:  # an installed package without probes/, or a broken definition file
+        return ()
+    return tuple((p.name, p.group) for p in defs.probes if any(a.kind != "tracepoint" for a in p.attach))
+
+
+def default_kprobe_groups() -> dict[str, str]:
+    """{event name: group} of the kprobe events memtrace's own definitions (probes/*.toml)
+    make: how a trace line that names an event without its group is given one."""
+    return dict(_default_kprobe_groups())
 
 
 # -- definitions ---------------------------------------------------------------------------

@@ -49,7 +49,6 @@ the trace.dat itself (its kallsyms, its event formats):
 
 from __future__ import annotations
 
-import functools
 import os
 import re
 import shutil
@@ -61,7 +60,7 @@ import pandas as pd
 
 from memtrace.errors import EnvironmentProblem, InputError
 from memtrace.sources.trace import detect
-from memtrace.sources.trace.ftrace_text import MARKER_EVENTS, MEMTRACE_KPROBES, group_of, parse_ftrace_text
+from memtrace.sources.trace.ftrace_text import MARKER_EVENTS, group_of, parse_ftrace_text
 from memtrace.tables.events import IngestStats
 
 #: `trace-cmd dump --summary`: [buffer "NAME", "CLOCK" clock, 4096 page size, 2 cpus, 1220715 bytes flyrecord data]
@@ -76,7 +75,7 @@ def parse_report_text(data: bytes, *, path: str = "<buffer>", kprobe_groups=None
     ``(ffffffff...)`` ip on any other event that is not a known tracepoint is a kprobe too (group
     ``kprobes``, the kernel's default)."""
     groups = {**probe_definition_groups(), **(kprobe_groups or {})}
-    kinds = EventKinds(kprobe_names={*groups, *MEMTRACE_KPROBES})
+    kinds = EventKinds(kprobe_names=set(groups))
     return parse_ftrace_text(to_tracefs_text(data, kinds), path=path, fmt=detect.TRACECMD_REPORT, kprobe_groups=groups)
 
 
@@ -90,20 +89,11 @@ def load_report_text(path: str, *, kprobe_groups=None) -> tuple[pd.DataFrame, In
     return parse_report_text(data, path=path, kprobe_groups=kprobe_groups)
 
 
-@functools.lru_cache(maxsize=1)
-def _definition_groups() -> tuple[tuple[str, str], ...]:
-    from memtrace.sources.trace.probedefs import load_definitions
-
-    try:
-        defs = load_definitions()
-    except Exception:  # an installed package without probes/, or a broken definition file
-        return ()
-    return tuple((p.name, p.group) for p in defs.probes if any(a.kind != "tracepoint" for a in p.attach))
-
-
 def probe_definition_groups() -> dict[str, str]:
     """{event name: group} of the kprobe events memtrace's own definitions (probes/*.toml) make."""
-    return dict(_definition_groups())
+    from memtrace.sources.trace.probedefs import default_kprobe_groups
+
+    return default_kprobe_groups()
 
 
 def _run(exe: str, args: list[str], path: str, out=subprocess.PIPE) -> bytes:
@@ -425,7 +415,7 @@ def load_trace_dat(path: str, *, kprobe_groups=None, trace_cmd: str | None = Non
         groups = {n: systems[n] for n in entry | ret if n in systems}
     else:  # without `dump --events`: kprobes by name, as for text (the parser asks groups of kprobes only)
         groups = dict(systems)
-        kinds = EventKinds(kprobe_names={*(kprobe_groups or {}), *MEMTRACE_KPROBES})
+        kinds = EventKinds(kprobe_names={*(kprobe_groups or {}), *probe_definition_groups()})
     groups.update(kprobe_groups or {})
     # `NAME:` before each line of a file with several buffers (found in the text without `dump`)
     named = [b["name"] for b in bufs if b["name"]] if len(bufs) > 1 else []
