@@ -36,10 +36,10 @@ def _run(kernel: str, root: Path) -> Path:
     if reuse and (Path(reuse) / f"capture_live-{kernel}" / "files" / "capture.rc").exists():
         _runs[kernel] = Path(reuse) / f"capture_live-{kernel}"
         return _runs[kernel]
-    from memtrace.lab.run import run
+    from conftest import run_lab
 
     out = root / f"capture_live-{kernel}"
-    run(str(SCENARIO), kernel, out, live_snapshot=True, vmcore=False, force=True)
+    run_lab(str(SCENARIO), kernel, out, live_snapshot=True, vmcore=False, force=True)
     _runs[kernel] = out
     return out
 

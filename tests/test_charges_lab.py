@@ -172,10 +172,10 @@ class Captures:
                 if installed:
                     self._done[key] = cand
                     return cand
-        from memtrace.lab.run import run
+        from conftest import run_lab
 
         out = self.root / f"{scenario}-{kernel}"
-        run(scenario, kernel, out, kprobe_events=text, vmcore=False, force=True)
+        run_lab(scenario, kernel, out, kprobe_events=text, vmcore=False, force=True)
         self._done[key] = out
         return out
 

@@ -12,7 +12,6 @@ import os
 import re
 import shutil
 import subprocess
-import warnings
 from functools import lru_cache
 from pathlib import Path
 
@@ -210,22 +209,11 @@ NOT_EXERCISED = {"map_kzalloc", "map_kvcalloc"}
 @pytest.mark.lab
 @pytest.mark.parametrize("series", KERNELS)
 def test_lab_probes_install_and_fire(series, tmp_path):
-    from memtrace.lab.run import run
+    from conftest import run_lab
 
     ps = probedefs.generate(_target(series), include_all=True)
     text = probedefs.render_kprobe_events(ps)
-    from memtrace.errors import GuestError
-
-    try:
-        res = run(str(SCENARIO), series, tmp_path / "run", vmcore=False, kprobe_events=text, force=True)
-    except GuestError as e:
-        # Seen once in ~12 runs on 6.12 with every probe installed: the guest panicked
-        # (cause not yet known; not reproduced in 7 reruns). Not hidden: the panic is
-        # reported as a warning with its console text, and the run is tried once more.
-        if "panicked" not in e.message:
-            raise
-        warnings.warn(f"lab guest panicked with all probes on {series}; retrying once:\n{e}")
-        res = run(str(SCENARIO), series, tmp_path / "run2", vmcore=False, kprobe_events=text, force=True)
+    res = run_lab(str(SCENARIO), series, tmp_path / "run", vmcore=False, kprobe_events=text, force=True)
     meta = res.meta["trace"]
     assert meta["probe_errors"] == []
     assert len(meta["kprobe_events_installed"]) == len(ps.installable)

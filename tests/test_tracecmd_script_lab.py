@@ -83,14 +83,14 @@ def _run(kernel: str, root: Path) -> Path:
     if reuse and (Path(reuse) / f"tracecmd_script-{kernel}" / "files" / "record.rc").exists():
         _runs[kernel] = Path(reuse) / f"tracecmd_script-{kernel}"
         return _runs[kernel]
-    from memtrace.lab.run import run
+    from conftest import run_lab
 
     script, _ = _script(kernel)
     assert "MEMTRACE_SCRIPT_EOF" not in script
     scen = root / f"tracecmd_script-{kernel}.sh"
     scen.write_text(SCENARIO.replace("@SCRIPT@", script))
     out = root / f"tracecmd_script-{kernel}"
-    run(str(scen), kernel, out, recorder="trace-cmd", vmcore=False, force=True)
+    run_lab(str(scen), kernel, out, recorder="trace-cmd", vmcore=False, force=True)
     _runs[kernel] = out
     return out
 
