@@ -78,3 +78,22 @@ def run_lab(scenario: str, kernel: str, out: Path, **kw):
             raise
         warnings.warn(f"lab guest ({kernel}, {Path(scenario).name}) panicked; retrying once:\n{e}")
         return run(scenario, kernel, out, **{**kw, "force": True})
+
+
+_session_runs: dict[tuple[str, str], Path] = {}
+
+
+def session_run(name: str, kernel: str, root: Path, done: str, make) -> Path:
+    """The folder of lab run NAME-KERNEL, made once per test session by ``make(out)``, or
+    reused from MEMTRACE_LAB_RUNS/NAME-KERNEL when that folder has the file ``done``."""
+    key = (name, kernel)
+    if key not in _session_runs:
+        reuse = os.environ.get("MEMTRACE_LAB_RUNS")
+        cand = Path(reuse) / f"{name}-{kernel}" if reuse else None
+        if cand is not None and (cand / done).exists():
+            _session_runs[key] = cand
+        else:
+            out = root / f"{name}-{kernel}"
+            make(out)
+            _session_runs[key] = out
+    return _session_runs[key]

@@ -11,7 +11,6 @@ the guest's own memory.current. Set MEMTRACE_LAB_RUNS=DIR to reuse DIR/capture_l
 from __future__ import annotations
 
 import json
-import os
 import re
 import warnings
 from pathlib import Path
@@ -26,22 +25,13 @@ pytestmark = pytest.mark.lab
 SCENARIO = Path(__file__).parent / "scenarios" / "capture_live.sh"
 #: the probes whose events the page-counter reconciliation adds up
 PAGE_COUNTER_PROBES = {"memtrace/pc_try_charge", "memtrace/pc_try_charge_ret", "memtrace/force_charge", "memtrace/uncharge"}
-_runs: dict[str, Path] = {}
 
 
 def _run(kernel: str, root: Path) -> Path:
-    if kernel in _runs:
-        return _runs[kernel]
-    reuse = os.environ.get("MEMTRACE_LAB_RUNS")
-    if reuse and (Path(reuse) / f"capture_live-{kernel}" / "files" / "capture.rc").exists():
-        _runs[kernel] = Path(reuse) / f"capture_live-{kernel}"
-        return _runs[kernel]
-    from conftest import run_lab
+    from conftest import run_lab, session_run
 
-    out = root / f"capture_live-{kernel}"
-    run_lab(str(SCENARIO), kernel, out, live_snapshot=True, vmcore=False, force=True)
-    _runs[kernel] = out
-    return out
+    return session_run("capture_live", kernel, root, "files/capture.rc", lambda out: run_lab(
+        str(SCENARIO), kernel, out, live_snapshot=True, vmcore=False, force=True))
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,6 @@ import pytest
 pytestmark = pytest.mark.lab
 
 SCENARIOS = Path(__file__).parent / "scenarios"
-_test_runs: dict[tuple[str, str], Path] = {}
 
 
 @pytest.fixture(scope="session")
@@ -31,19 +30,11 @@ def each_root(tmp_path_factory):
 def _test_run(name: str, kernel: str, root: Path) -> Path:
     """A run (with vmcore) of tests/scenarios/NAME.sh, made once per session or reused
     from MEMTRACE_LAB_RUNS/NAME-KERNEL."""
-    key = (name, kernel)
-    if key in _test_runs:
-        return _test_runs[key]
-    reuse = os.environ.get("MEMTRACE_LAB_RUNS")
-    if reuse and (Path(reuse) / f"{name}-{kernel}" / "vmcore").exists():
-        _test_runs[key] = Path(reuse) / f"{name}-{kernel}"
-        return _test_runs[key]
+    from conftest import session_run
     from memtrace.lab.run import run
 
-    out = root / f"{name}-{kernel}"
-    run(str(SCENARIOS / f"{name}.sh"), kernel, out, force=True)
-    _test_runs[key] = out
-    return out
+    return session_run(name, kernel, root, "vmcore",
+                       lambda out: run(str(SCENARIOS / f"{name}.sh"), kernel, out, force=True))
 
 
 def _each(kernel: str, root: Path) -> Path:

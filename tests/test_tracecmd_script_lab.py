@@ -12,7 +12,6 @@ found. Set MEMTRACE_LAB_RUNS=DIR to reuse DIR/tracecmd_script-<kernel>.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -43,14 +42,12 @@ cat $T/kprobe_events > $F/kprobe_events.before
 step start
 sh /tmp/mt-record.sh > $F/record.log 2>&1 &
 rec=$!
-_n=0
-until [ -f $T/instances/memtrace/tracing_on ] && [ "$(cat $T/instances/memtrace/tracing_on)" = 1 ] \
-		&& [ "$(ls $T/instances/memtrace/per_cpu | wc -l)" -ge "$MT_NCPU" ] && _tc=$(tc_child $rec); do
-	kill -0 $rec 2> /dev/null || { cat $F/record.log; echo "the script ended before recording"; exit 1; }
-	[ $_n -lt 600 ] || { cat $F/record.log; echo "trace-cmd did not start recording in 60 s"; exit 1; }
-	sleep 0.1
-	_n=$((_n + 1))
-done
+recording() {
+	[ -f $T/instances/memtrace/tracing_on ] && [ "$(cat $T/instances/memtrace/tracing_on)" = 1 ] \
+		&& [ "$(ls $T/instances/memtrace/per_cpu | wc -l)" -ge "$MT_NCPU" ] && tc_child $rec > /dev/null
+}
+wait_started $rec 60 recording || { cat $F/record.log; exit 1; }
+_tc=$(tc_child $rec)
 sleep 1
 cat $T/kprobe_events > $F/kprobe_events.during
 create_map pod/p1 hash $B/h key=8 value=100 entries=1031 flags=1 name=h > /dev/null
@@ -64,7 +61,6 @@ echo "rc=$rc" > $F/record.rc
 cat $T/kprobe_events > $F/kprobe_events.after
 ls $T/instances > $F/instances.after
 """
-_runs: dict[str, Path] = {}
 
 
 def _script(kernel: str) -> tuple[str, set[str]]:
@@ -77,22 +73,16 @@ def _script(kernel: str) -> tuple[str, set[str]]:
 
 
 def _run(kernel: str, root: Path) -> Path:
-    if kernel in _runs:
-        return _runs[kernel]
-    reuse = os.environ.get("MEMTRACE_LAB_RUNS")
-    if reuse and (Path(reuse) / f"tracecmd_script-{kernel}" / "files" / "record.rc").exists():
-        _runs[kernel] = Path(reuse) / f"tracecmd_script-{kernel}"
-        return _runs[kernel]
-    from conftest import run_lab
+    from conftest import run_lab, session_run
 
-    script, _ = _script(kernel)
-    assert "MEMTRACE_SCRIPT_EOF" not in script
-    scen = root / f"tracecmd_script-{kernel}.sh"
-    scen.write_text(SCENARIO.replace("@SCRIPT@", script))
-    out = root / f"tracecmd_script-{kernel}"
-    run_lab(str(scen), kernel, out, recorder="trace-cmd", vmcore=False, force=True)
-    _runs[kernel] = out
-    return out
+    def make(out: Path) -> None:
+        script, _ = _script(kernel)
+        assert "MEMTRACE_SCRIPT_EOF" not in script
+        scen = root / f"tracecmd_script-{kernel}.sh"
+        scen.write_text(SCENARIO.replace("@SCRIPT@", script))
+        run_lab(str(scen), kernel, out, recorder="trace-cmd", vmcore=False, force=True)
+
+    return session_run("tracecmd_script", kernel, root, "files/record.rc", make)
 
 
 @pytest.fixture(scope="module")

@@ -18,13 +18,7 @@ mt_live_mount $F/mount.txt
 step start
 mt_live_py_exec -m memtrace capture -o /out/files/capture.txt --json > $F/capture.json 2> $F/capture.err &
 cap=$!
-_n=0
-until grep -q "capture: recording" $F/capture.err; do
-	kill -0 $cap 2> /dev/null || { cat $F/capture.err; echo "capture ended before recording"; exit 1; }
-	[ $_n -lt 600 ] || { echo "capture did not start recording in 120 s"; exit 1; }
-	sleep 0.2
-	_n=$((_n + 1))
-done
+wait_started $cap 120 grep -q "capture: recording" $F/capture.err || { cat $F/capture.err; exit 1; }
 cat $T/kprobe_events > $F/kprobe_events.during
 ls $T/instances > $F/instances.during
 create_map pod/p1 hash $B/h key=8 value=100 entries=1031 flags=1 name=h > /dev/null

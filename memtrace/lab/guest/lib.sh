@@ -11,6 +11,8 @@
 #   mapctl ...                   the guest's BPF map tool (see mapctl.c)
 #   note KEY VALUE...            a fact for the host, in /out/notes.txt
 #   wait_file PATH [SECONDS]     wait until PATH exists (default 120 s), else fail
+#   wait_started PID SECONDS CMD...  wait until CMD succeeds while process PID lives (a
+#                                background job getting ready), else fail naming which
 #
 # Paths of cgroups are relative to /sys/fs/cgroup. BPF pins live under /sys/fs/bpf.
 CG=/sys/fs/cgroup
@@ -37,6 +39,18 @@ wait_file() {
 		[ "$_n" -lt "$((${2:-120} * 5))" ] || { echo "wait_file: $1 did not appear" >&2; return 1; }
 		sleep 0.2
 		_n=$((_n + 1))
+	done
+}
+
+wait_started() {
+	_pid=$1
+	_n=$(($2 * 10))
+	shift 2
+	until "$@"; do
+		kill -0 "$_pid" 2> /dev/null || { echo "wait_started: process $_pid ended before: $*" >&2; return 1; }
+		[ "$_n" -gt 0 ] || { echo "wait_started: not within the time: $*" >&2; return 1; }
+		sleep 0.1
+		_n=$((_n - 1))
 	done
 }
 
