@@ -55,6 +55,8 @@ from memtrace.lab.kernels import Kernel, cache_dir
 
 #: bump when the image layout changes, so cached images are rebuilt
 FORMAT = 1
+#: an image of the same kernel not used for this long is removed when a new one is built
+PRUNE_AFTER_S = 3 * 3600
 #: virtio serial of the image's disk, for the guest to find it by (guest/lib.sh mt_disk)
 SERIAL = "memtrace-pyroot"
 #: where the guest mounts the image
@@ -269,6 +271,7 @@ def build(kernel: Kernel, *, progress=None) -> Path:
     info = inputs(kernel)
     dest = image_path(kernel, info)
     if dest.is_file() and dest.with_suffix(".json").is_file():
+        os.utime(dest.with_suffix(".json"))  # in use: see the pruning below
         return dest
     mke2fs = shutil.which(MKE2FS[0]) or (f"/sbin/{MKE2FS[0]}" if os.path.exists(f"/sbin/{MKE2FS[0]}") else None)
     if mke2fs is None:
@@ -361,10 +364,18 @@ def build(kernel: Kernel, *, progress=None) -> Path:
                 "total_s": round(t_mkfs - t0, 2),
             },
         )
+        # older images of this kernel go (1.7 GB for two), but not one used in the last
+        # PRUNE_AFTER_S: another checkout's test session may be running on it (its key
+        # holds its own path), and must not lose it under its feet
         for old in dest.parent.glob(f"{kernel.release}-*.ext4"):
-            if old != dest:
+            side_old = old.with_suffix(".json")
+            try:
+                recent = time.time() - side_old.stat().st_mtime < PRUNE_AFTER_S
+            except OSError:
+                recent = False
+            if old != dest and not recent:
                 old.unlink(missing_ok=True)
-                old.with_suffix(".json").unlink(missing_ok=True)
+                side_old.unlink(missing_ok=True)
         os.replace(img, dest)
         side = Path(tmp) / "image.json"
         side.write_text(json.dumps(manifest, indent=1) + "\n")
