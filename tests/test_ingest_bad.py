@@ -183,9 +183,11 @@ def test_perfetto_numbers_that_do_not_fit(tmp_path, extra, dropped, nulled):
         assert len(r) == 1 and r["pages"].isna().all() and r["bytes"].isna().all()
         r = df[df["ts_ns"] == 7]
         assert len(r) == 1 and r["order"].isna().all() and r["pfn"].notna().all()
+        assert r["args"].tolist() == [f"page=0x0 order={1 << 31} migratetype=0"]  # kept, in field order
     if extra is _x_bytes:
         r = df[df["ts_ns"] == 7]
         assert r["event"].tolist() == ["kmem:kmalloc"] and r["bytes"].isna().all() and r["bytes_req"].notna().all()
+        assert r["args"].tolist() == [f"bytes_alloc={1 << 63}"]  # kept, not lost
     if extra is _x_generic:
         r = df[df["ts_ns"] == 53]
         assert r["bytes_req"].tolist() == [(1 << 63) - 1] and r["ptr"].tolist() == [(1 << 64) - 1]

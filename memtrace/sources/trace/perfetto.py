@@ -385,13 +385,27 @@ class _Reader:
         self.typed_columns()
         return self.frame()
 
-    def _fitting(self, col, rows, values, top):
-        """Set `col` where the value is below `top`; the rest stay null and are counted."""
+    def _fitting(self, col, rows, values, top, key) -> dict[int, str]:
+        """Set `col` where the value is below `top`; the rest stay null and are counted, and
+        come back as {row: "key=value"} for the event's args (nothing is lost)."""
+        bad = {}
         if values and max(values) >= top:
             ok = [(r, v) for r, v in zip(rows, values) if v < top]
-            self.b.values_out_of_range += len(rows) - len(ok)
+            bad = {r: f"{key}={v}" for r, v in zip(rows, values) if v >= top}
+            self.b.values_out_of_range += len(bad)
             rows, values = [r for r, _ in ok], [v for _, v in ok]
         self.b.set_many(col, rows, values)
+        return bad
+
+    @staticmethod
+    def _args(rows, parts) -> list[str | None]:
+        """Per row, the args text from `parts` (each a {row: text} or a per-row list, in the
+        event's field order), blanks left out; None where a row has none."""
+        out = []
+        for i, r in enumerate(rows):
+            got = [p.get(r) if isinstance(p, dict) else p[i] for p in parts]
+            out.append(" ".join(g for g in got if g) or None)
+        return out
 
     def report(self, path: str):
         """Warnings for what was dropped or decoded lossily (same in both paths)."""
@@ -416,13 +430,16 @@ class _Reader:
                 ev = f"kmem:{which}"
                 ba = [m.bytes_alloc for m in msgs]
                 br = [m.bytes_req for m in msgs]
-                self._fitting("bytes", rows, ba, _I63)  # uint64 sizes: the Int64 columns hold < 2^63
-                self._fitting("bytes_req", rows, br, _I63)
+                # uint64 sizes: the Int64 columns hold < 2^63; args in the kernel's field order
+                bad_req = self._fitting("bytes_req", rows, br, _I63, "bytes_req")
+                bad_alloc = self._fitting("bytes", rows, ba, _I63, "bytes_alloc")
                 b.set_many("call_site", rows, [f"0x{m.call_site:x}" for m in msgs])
                 b.set_many("gfp", rows, [m.gfp_flags for m in msgs])
                 b.set_many("ptr", rows, [m.ptr for m in msgs])
-                if which.endswith("_node"):
-                    b.set_many("args", rows, [f"node={m.node}" for m in msgs])
+                node = [f"node={m.node}" for m in msgs] if which.endswith("_node") else {}
+                if bad_req or bad_alloc or node:
+                    args = self._args(rows, [bad_req, bad_alloc, node])
+                    b.set_many("args", *zip(*[(r, a) for r, a in zip(rows, args) if a is not None]))
             elif which in _TYPED_FREE:
                 ev = f"kmem:{which}"
                 b.set_many("call_site", rows, [f"0x{m.call_site:x}" for m in msgs])
@@ -430,14 +447,15 @@ class _Reader:
             elif which == "mm_page_alloc":
                 ev = "kmem:mm_page_alloc"
                 b.set_many("gfp", rows, [m.gfp_flags for m in msgs])
-                self._orders(rows, msgs)
+                bad = self._orders(rows, msgs)
                 b.set_many("pfn", rows, [m.pfn for m in msgs])
-                b.set_many("args", rows, [f"page=0x{m.page:x} migratetype={m.migratetype}" for m in msgs])
+                b.set_many("args", rows, self._args(rows, [[f"page=0x{m.page:x}" for m in msgs], bad,
+                                                           [f"migratetype={m.migratetype}" for m in msgs]]))
             elif which == "mm_page_free":
                 ev = "kmem:mm_page_free"
-                self._orders(rows, msgs)
+                bad = self._orders(rows, msgs)
                 b.set_many("pfn", rows, [m.pfn for m in msgs])
-                b.set_many("args", rows, [f"page=0x{m.page:x}" for m in msgs])
+                b.set_many("args", rows, self._args(rows, [[f"page=0x{m.page:x}" for m in msgs], bad]))
             elif which == "print":
                 ev = "ftrace:print"
                 b.set_many("marker", rows, [(x if type(x) is str else text(x)).rstrip("\n") for x in (m.buf for m in msgs)])
@@ -485,7 +503,7 @@ class _Reader:
 
     def _orders(self, rows, msgs):
         """order (uint32) into the Int32 column; larger ones are left null (counted)."""
-        self._fitting("order", rows, [m.order for m in msgs], _I31)
+        return self._fitting("order", rows, [m.order for m in msgs], _I31, "order")
 
     def frame(self) -> pd.DataFrame:
         """The builder's rows as the event table, sorted by time."""
