@@ -390,6 +390,32 @@ def test_read_profile_reports_what_it_cannot_match(tmp_path):
     assert "kprobe_profile does not exist" in res.probe_profile_error
 
 
+def test_probes_are_disabled_before_their_misses_are_read(tmp_path):
+    """Recording off, the probes still fire until disabled: capture disables its own kprobe
+    events (only those) before it reads kprobe_profile."""
+    writes = []
+
+    class FakeFS:
+        root = tmp_path
+
+        def write(self, rel, text, *, append=False):
+            writes.append((rel, text))
+
+    cap = Capture.__new__(Capture)
+    cap.t = FakeFS()
+    cap._instance = "memtrace-1"
+    cap._enabled = ["memtrace/try_charge", "kmem/kfree", "memtrace/uncharge"]
+    res = capmod.CaptureResult(None, 0, 0.0, False, None)
+    res.probes_installed = ["memtrace/try_charge", "memtrace/uncharge", "memtrace/refused_later"]
+    cap._stop_probes(res)
+    assert writes == [("instances/memtrace-1/events/memtrace/try_charge/enable", "0"),
+                      ("instances/memtrace-1/events/memtrace/uncharge/enable", "0")]
+    import inspect
+
+    src = inspect.getsource(Capture.run)
+    assert src.index("self._stop_probes(res)") < src.index("self._read_profile(res)")
+
+
 def test_header_of_an_older_capture_still_reads():
     old = (b"# tracer: nop\n#\n# memtrace capture (memtrace.capture/1) of live kernel x\n"
            b"# probes installed: memtrace/try_charge memtrace/uncharge\n# probes failed: -\n"

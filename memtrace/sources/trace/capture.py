@@ -314,6 +314,7 @@ class Capture:
         try:
             self._setup(res)
             tmp_body = self._record(res)
+            self._stop_probes(res)
             self._read_profile(res)
             self._finish_output(res, tmp_body)
         finally:
@@ -490,6 +491,16 @@ class Capture:
                     kv[k.strip()] = int(v)
             out[d.name] = kv
         return out
+
+    def _stop_probes(self, res: CaptureResult) -> None:
+        """Disable this capture's kprobe events once recording is off: an enabled probe still
+        fires, and may miss, until then, and the misses read next must be the recording's."""
+        for ev in res.probes_installed:
+            if ev in self._enabled:
+                try:
+                    self.t.write(self._inst(f"events/{ev}/enable"), "0")
+                except OSError:
+                    pass  # _cleanup tries again and reports
 
     def _read_profile(self, res: CaptureResult) -> None:
         """Hits and misses of the probes this capture installed, before they are removed."""
