@@ -138,10 +138,15 @@ def memcg_objcgs_for_each(memcg: Object) -> Iterator[Object]:
     except AttributeError:
         return
     seen = set()
+    me = memcg.value_()
     for o in list_for_each_entry("struct obj_cgroup", head, "list"):
         a = o.value_()
+        if o.memcg.value_() != me:
+            # offline under a live walk: the list was spliced into the parent's (objcg->memcg
+            # is set to the parent before the splice), and CSS_ONLINE is cleared only after
+            return
         if a in seen:  # a list changing under a live walk
-            raise ValueError(f"objcg_list of memcg 0x{memcg.value_():x} does not come back to its head")
+            raise ValueError(f"objcg_list of memcg 0x{me:x} does not come back to its head")
         seen.add(a)
         yield o
 
