@@ -416,6 +416,24 @@ def test_probes_are_disabled_before_their_misses_are_read(tmp_path):
     assert src.index("self._stop_probes(res)") < src.index("self._read_profile(res)")
 
 
+def test_a_damaged_header_summary_is_read_for_what_is_well_typed(tmp_path):
+    """A hand-edited summary line (wrong types) gives no error: the fields that are not what
+    they must be are dropped, the rest is used."""
+    from memtrace.sources.trace import load_trace
+
+    f = tmp_path / "cap.txt"
+    f.write_bytes(b"# tracer: nop\n# memtrace capture (memtrace.capture/1) of live kernel x\n# memtrace capture summary: "
+                  b'{"probe_misses": [1], "probe_misses_total": "7", "lost_events_total": 3, '
+                  b'"probes_installed": ["memtrace/uncharge", 5], "probes_failed": [{"probe": "memtrace/x"}]}\n'
+                  b"#\n   sh-1 [000] ..... 1.0: uncharge: (page_counter_uncharge+0x0/0x70) counter=0x1 nr=2 cgid=9\n")
+    h = capmod.read_capture_header(f)
+    assert "probe_misses" not in h and "probe_misses_total" not in h and h["lost_events_total"] == 3
+    assert h["probes_installed"] == ["memtrace/uncharge", "5"] and h["probes_failed"] == ["memtrace/x"]
+    ev, st = load_trace(str(f))
+    assert ev["event"].astype(str).tolist() == ["memtrace:uncharge"] and st.lost_events == 3 and st.probe_misses == 0
+    assert any("memtrace/x" in w for w in st.warnings)
+
+
 def test_header_of_an_older_capture_still_reads():
     old = (b"# tracer: nop\n#\n# memtrace capture (memtrace.capture/1) of live kernel x\n"
            b"# probes installed: memtrace/try_charge memtrace/uncharge\n# probes failed: -\n"

@@ -67,7 +67,7 @@ def capture_cmd(
     if res.misses_total:
         err.print(
             f"memtrace: warning: {res.misses_total} probe hits missed, no event recorded "
-            f"(kprobe_profile: {', '.join(f'{e}={n}' for e, n in res.misses.items())}); for a kretprobe "
+            f"(kprobe_profile: {capture.misses_text(res.misses)}); for a kretprobe "
             "this means all its maxactive instances were in use (raise --maxactive), for a kprobe that it "
             "hit while another probe's handler ran on that CPU",
             markup=False,

@@ -100,7 +100,7 @@ class CaptureResult:
         if self.lost_total:
             r.append(f"{self.lost_total} event(s) lost (ring buffer overrun; raise --buffer-kb)")
         if self.misses_total:
-            r.append(f"{self.misses_total} probe hit(s) missed ({_names(f'{e}={n}' for e, n in self.misses.items())})")
+            r.append(f"{self.misses_total} probe hit(s) missed ({_names(misses_text(self.misses).split(', '))})")
         if self.probe_profile_error:
             r.append(f"probe misses unknown ({self.probe_profile_error})")
         return r
@@ -163,6 +163,11 @@ def with_maxactive(line: str, maxactive: int | None) -> str:
     if not sep or not (head == "r" or head[1:].isdigit()):
         return line
     return f"r{maxactive}:{rest}"
+
+
+def misses_text(misses: dict[str, int], sep: str = ", ") -> str:
+    """``event=count`` for each probe that missed hits, by event name."""
+    return sep.join(f"{e}={n}" for e, n in sorted(misses.items()))
 
 
 def _names(items, limit: int = 4) -> str:
@@ -538,7 +543,7 @@ class Capture:
             f"# probes skipped: {' '.join(p['probe'] for p in res.probes_skipped) or '-'}",
             f"# lost events (overrun + dropped): {res.lost_total}",
             f"# probe misses (kretprobe maxactive exhausted, or a kprobe hit while another ran): {res.misses_total}"
-            + (f" ({' '.join(f'{e}={n}' for e, n in res.misses.items())})" if res.misses else "")
+            + (f" ({misses_text(res.misses, ' ')})" if res.misses else "")
             + (f"; unknown: {res.probe_profile_error}" if res.probe_profile_error else ""),
             f"# interrupted: {'yes' if res.interrupted else 'no'}; clock: boot if available",
             f"# complete: {'no: ' + '; '.join(res.incomplete_reasons) if res.incomplete_reasons else 'yes'}",
@@ -647,12 +652,40 @@ def read_capture_header(source) -> dict | None:
             except ValueError:
                 continue
             if isinstance(d, dict):
-                return d
+                return _well_typed(d)
         elif line.startswith(_OLD_LOST) and line[len(_OLD_LOST):].strip().isdigit():
             out["lost_events_total"] = int(line[len(_OLD_LOST):].strip())
         elif line.startswith(_OLD_INSTALLED):
             out["probes_installed"] = [w for w in line[len(_OLD_INSTALLED):].split() if w != "-"]
     return out or None
+
+
+#: the summary's fields a reader uses, and what each must be (any other value is dropped)
+_SUMMARY_TYPES = {
+    "lost_events_total": int, "probe_misses_total": int, "probe_misses": dict, "probe_profile_error": str,
+    "probes_installed": list, "probes_failed": list, "probes_skipped": list, "tracepoints_failed": list,
+    "tracepoints_missing": list,
+}
+
+
+def _well_typed(d: dict) -> dict:
+    """The summary with every field a reader uses of the type it must have (a hand-edited or
+    damaged header line must not make ingest fail): lists of names, {name: count}."""
+    out = {}
+    for k, v in d.items():
+        t = _SUMMARY_TYPES.get(k)
+        if t is None:
+            out[k] = v
+        elif t is int and isinstance(v, int) and not isinstance(v, bool):
+            out[k] = v
+        elif t is str and isinstance(v, str):
+            out[k] = v
+        elif t is dict and isinstance(v, dict):
+            out[k] = {e: n for e, n in v.items() if isinstance(n, int) and not isinstance(n, bool)}
+        elif t is list and isinstance(v, list):
+            out[k] = [x if isinstance(x, str) else str(x.get("probe") or x.get("event")) if isinstance(x, dict) else str(x)
+                      for x in v]
+    return out
 
 
 def capture_kprobe_groups(summary: dict) -> dict[str, str]:
@@ -683,8 +716,7 @@ def apply_capture_summary(st, summary: dict) -> None:
         st.probe_misses = misses
     per = summary.get("probe_misses") or {}
     if misses:
-        st.warn(f"the capture's probes missed {misses} hits (no event recorded): "
-                + ", ".join(f"{e}={n}" for e, n in sorted(per.items())))
+        st.warn(f"the capture's probes missed {misses} hits (no event recorded): {misses_text(per)}")
     if summary.get("probe_profile_error"):
         st.warn(f"the capture could not count its probes' misses: {summary['probe_profile_error']}")
     for key, what in (("probes_failed", "refused by the kernel"), ("probes_skipped", "skipped for the kernel"),
