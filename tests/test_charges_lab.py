@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from functools import lru_cache
 from pathlib import Path
 
@@ -234,15 +235,18 @@ def test_page_counter_movement_equals_memory_current_delta(captures, scenario, k
     want = truth[(truth["step"] > truth["step"].min()) & truth["path"].str.startswith("/pod")]
     assert len(checked) == len(want) > 0
     bad = checked[checked["residual_bytes"] != 0]
-    if not bad.empty:
-        # a page-counter hit the kernel missed (kprobe_profile; seen on 6.1: a kprobe hit while
-        # another probe's handler ran) recorded no event: the sum is short by its pages. Named,
-        # not hidden; anything else is a failure.
-        misses = json.loads((captures.get(scenario, kernel) / "meta.json").read_text())["trace"].get("probe_misses", {})
-        pc = {p: n for p, n in misses.items() if p.split("/")[-1] in ("pc_try_charge", "pc_try_charge_ret", "force_charge", "uncharge")}
-        if pc:
-            pytest.skip(f"page-counter probe hits missed in this run ({pc}); residuals:\n{bad.to_string()}")
-    assert bad.empty, bad.to_string()
+    # a page-counter hit the kernel missed (kprobe_profile; seen on 6.1: a kprobe hit while
+    # another probe's handler ran) recorded no event: the sum is short by its pages. Then the
+    # residuals are whole pages, in no more steps than there were misses, and named.
+    misses = json.loads((captures.get(scenario, kernel) / "meta.json").read_text())["trace"]["probe_misses"]
+    pc = {p: n for p, n in misses.items() if p.split("/")[-1] in ("pc_try_charge", "pc_try_charge_ret", "force_charge", "uncharge")}
+    if not pc:
+        assert bad.empty, bad.to_string()
+    else:
+        warnings.warn(f"{scenario} {kernel}: page-counter probe hits missed ({pc}); residuals:\n{bad.to_string()}")
+        assert (bad["residual_bytes"] % 4096 == 0).all(), bad.to_string()
+        # one lost movement of N pages shows on the cgroup and each /pod* ancestor, in one step
+        assert bad["step"].nunique() <= sum(pc.values()), bad.to_string()
     # not vacuous: the scenario moved the counters
     assert (checked["net_bytes"] != 0).sum() >= 3
     assert checked["charged_pages"].sum() > 0 and checked["uncharged_pages"].sum() > 0

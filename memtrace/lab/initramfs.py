@@ -35,9 +35,8 @@ HOST_TOOLS = {
 #: text as trace.txt. "trace-cmd": also the host's trace-cmd (with its shared libraries)
 #: runs `trace-cmd record` in a tracefs instance of its own beside it, giving trace.dat.
 RECORDERS = ("tracefs", "trace-cmd")
-#: The tracefs instance trace-cmd records in (the top-level buffer stays trace.txt's; a
-#: consuming trace-cmd read of it would empty trace.txt).
-TRACE_CMD_INSTANCE = "memtrace-tc"
+#: (trace-cmd records in its own tracefs instance, lib.sh's MT_TC_INSTANCE: the top-level
+#: buffer stays trace.txt's, and a consuming trace-cmd read of it would empty trace.txt)
 
 #: Tracepoints recorded over every lab run (those the kernel lacks are skipped and the
 #: list of enabled ones lands in events-enabled.txt).

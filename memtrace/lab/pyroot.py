@@ -122,8 +122,10 @@ def package_dir() -> Path:
 
 
 def probes_dir() -> Path:
-    """The probe definitions next to the package (memtrace.sources.trace.probedefs.default_definitions)."""
-    return package_dir().parent / "probes"
+    """The probe definitions `memtrace capture` reads (memtrace.sources.trace.probedefs)."""
+    from memtrace.sources.trace.probedefs import definitions_dir
+
+    return definitions_dir()
 
 
 def _tree_hash(root: Path) -> str:

@@ -28,9 +28,14 @@ from memtrace.sources.kernel.target import KernelTarget
 DEFAULT_GROUP = "memtrace"
 
 
+def definitions_dir() -> Path:
+    """Where memtrace's probe definitions live: probes/ at the repo root, next to the package."""
+    return Path(__file__).resolve().parents[3] / "probes"
+
+
 def default_definitions() -> list[Path]:
     """The probes/*.toml files shipped with memtrace (repo root, next to the package)."""
-    root = Path(__file__).resolve().parents[3] / "probes"
+    root = definitions_dir()
     files = sorted(root.glob("*.toml"))
     if not files:
         raise InputError(f"{root}: no probe definitions (*.toml) found; pass --defs FILE")
@@ -41,7 +46,7 @@ def default_definitions() -> list[Path]:
 def _default_kprobe_groups() -> tuple[tuple[str, str], ...]:
     try:
         defs = load_definitions()
-    except Exception:  # an installed package without probes/, or a broken definition file
+    except (InputError, OSError):  # an installed package without probes/, or a broken definition file
         return ()
     return tuple((p.name, p.group) for p in defs.probes if any(a.kind != "tracepoint" for a in p.attach))
 
