@@ -150,3 +150,31 @@ def test_interrupt_stops_the_guest(tmp_path, short_tmp, sig):
     assert "memtrace: interrupted" in rest and "Traceback" not in rest
     assert qemu_left(short_tmp) == []
     no_output(out)
+
+
+@pytest.mark.lab
+def test_a_killed_caller_takes_its_guest_with_it(tmp_path, short_tmp):
+    """memtrace.lab.run.run() from a script that is killed outright (SIGKILL: no handler, no
+    `finally`): QEMU dies with it (PR_SET_PDEATHSIG) instead of running on."""
+    sc = tmp_path / "slow.sh"
+    sc.write_text("step before\nsleep 600\n")
+    code = ("import sys; from memtrace.lab.run import run; "
+            "run(sys.argv[1], '6.1', __import__('pathlib').Path(sys.argv[2]), vmcore=False, "
+            "progress=lambda m: print(m, file=sys.stderr, flush=True))")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(sc), str(tmp_path / "o")], stderr=subprocess.PIPE,
+                            text=True, env=dict(os.environ, TMPDIR=str(short_tmp)))
+    seen = ""
+    deadline = time.monotonic() + 180
+    while "step 001 before" not in seen and time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        seen += line
+    assert "step 001 before" in seen, seen
+    assert qemu_left(short_tmp), "the guest should be running now"
+    proc.kill()
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 20
+    while qemu_left(short_tmp) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert qemu_left(short_tmp) == []

@@ -30,6 +30,11 @@ def qemu_binary() -> str:
     return path
 
 
+#: run QEMU through util-linux's setpriv (essential in Debian) so that it gets SIGKILL when
+#: this process dies (PR_SET_PDEATHSIG), without Python code between fork and exec
+_DIE_WITH_PARENT = ("setpriv", "--pdeathsig", "KILL", "--")
+
+
 class Guest:
     """A running QEMU guest with a serial log, two QMP sockets and an output disk."""
 
@@ -45,7 +50,11 @@ class Guest:
         accel: str = "tcg",
         append: str = "",
         extra_args: tuple[str, ...] = (),
+        die_with_parent: bool = True,
     ) -> None:
+        #: QEMU is killed when this process dies, however it dies (SIGKILL, a SIGTERM without
+        #: a handler: no `finally` runs then); not for a guest meant to outlive it
+        self.die_with_parent = die_with_parent
         self.rundir = rundir
         self.serial_log = rundir / "serial.log"
         self.qmp_control = rundir / "qmp.sock"
@@ -80,7 +89,7 @@ class Guest:
     def __enter__(self) -> "Guest":
         self.serial_log.touch()
         self.proc = subprocess.Popen(
-            self.args,
+            [*_DIE_WITH_PARENT, *self.args] if self.die_with_parent and shutil.which(_DIE_WITH_PARENT[0]) else self.args,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=open(self.rundir / "qemu.stderr", "wb"),

@@ -139,7 +139,7 @@ def run(
         timings: dict[str, float] = {}
         with Guest(
             kernel=kernel.vmlinuz, initrd=initrd, rundir=rundir, out_disk=disk, memory_mb=memory_mb, cpus=cpus,
-            extra_args=qemu_args,
+            extra_args=qemu_args, die_with_parent=not keep_running,
         ) as guest:
             say(f"booting {kernel.release} ({cpus} vCPU, {memory_mb} MiB, TCG)")
             guest.wait_for(r"MEMTRACE-BOOTED", boot_timeout)
