@@ -254,7 +254,8 @@ def test_maps_freed_under_a_live_walk_are_left_out_and_counted(fake_kernel):
     # what the freed maps' walks claimed (shared local storages) is given up for later maps
     from memtrace.sources.kernel import bpf as kbpf
 
-    assert sorted(kbpf.MapMemoryWalker.forgotten) == [0, 77]
+    # (and so is what the faulting map 4's walk claimed before its fault)
+    assert set(kbpf.MapMemoryWalker.forgotten) == {0, 4, 77}
 
 
 def test_a_vmcore_walk_raises_what_is_not_a_fault(fake_kernel):

@@ -283,6 +283,7 @@ def take_snapshot(prog, target: dict, progress: Progress | None = None) -> Snaps
             except read_errors:
                 map_faults += 1
                 complete = False
+                walker.forget_map(mid)  # its batches are lost: what it claimed is free for later maps
             if walker.stats.truncated_chains != before or walker.stats.faults != faults_before:
                 complete = False
             kind, owner = kbpf.bpf_map_owner(m)
