@@ -42,6 +42,18 @@ def qemu_left(tag: Path) -> list[str]:
     return [l for l in ps.splitlines() if str(tag) in l]
 
 
+def wait_for_first_step(proc: subprocess.Popen) -> None:
+    """Read the lab run's progress on stderr until its first step (at most 180 s)."""
+    seen = ""
+    deadline = time.monotonic() + 180
+    while "step 001 before" not in seen and time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        seen += line
+    assert "step 001 before" in seen, seen
+
+
 def no_output(out: Path) -> None:
     assert not out.exists()
     assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.partial-")]
@@ -135,14 +147,7 @@ def test_interrupt_stops_the_guest(tmp_path, short_tmp, sig):
         text=True,
         env=dict(os.environ, TMPDIR=str(short_tmp)),
     )
-    seen = ""
-    deadline = time.monotonic() + 180
-    while "step 001 before" not in seen and time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        if not line:
-            break
-        seen += line
-    assert "step 001 before" in seen, seen
+    wait_for_first_step(proc)
     assert qemu_left(short_tmp), "the guest should be running now"
     proc.send_signal(sig)
     rest = proc.stderr.read()
@@ -163,14 +168,7 @@ def test_a_killed_caller_takes_its_guest_with_it(tmp_path, short_tmp):
             "progress=lambda m: print(m, file=sys.stderr, flush=True))")
     proc = subprocess.Popen([sys.executable, "-c", code, str(sc), str(tmp_path / "o")], stderr=subprocess.PIPE,
                             text=True, env=dict(os.environ, TMPDIR=str(short_tmp)))
-    seen = ""
-    deadline = time.monotonic() + 180
-    while "step 001 before" not in seen and time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        if not line:
-            break
-        seen += line
-    assert "step 001 before" in seen, seen
+    wait_for_first_step(proc)
     assert qemu_left(short_tmp), "the guest should be running now"
     proc.kill()
     proc.wait(timeout=30)
