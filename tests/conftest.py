@@ -59,27 +59,6 @@ def kernel(request) -> str:
     return request.param
 
 
-def run_lab(scenario: str, kernel: str, out: Path, **kw):
-    """`memtrace.lab.run.run`, tried once more if the guest kernel panicked.
-
-    Seen on 6.12 under TCG with memtrace's kprobes installed, about once in 25–40 runs
-    ("Fatal exception in interrupt"; cause not yet known, not seen without kprobes or on
-    6.1). Not hidden: the panic is reported as a warning with the oops text, and a second
-    panic fails the test. Anything else the guest does wrong fails at once."""
-    import warnings
-
-    from memtrace.errors import GuestError
-    from memtrace.lab.run import run
-
-    try:
-        return run(scenario, kernel, out, **kw)
-    except GuestError as e:
-        if "panicked" not in e.message:
-            raise
-        warnings.warn(f"lab guest ({kernel}, {Path(scenario).name}) panicked; retrying once:\n{e}")
-        return run(scenario, kernel, out, **{**kw, "force": True})
-
-
 _session_runs: dict[tuple[str, str], Path] = {}
 
 

@@ -28,9 +28,10 @@ PAGE_COUNTER_PROBES = {"memtrace/pc_try_charge", "memtrace/pc_try_charge_ret", "
 
 
 def _run(kernel: str, root: Path) -> Path:
-    from conftest import run_lab, session_run
+    from conftest import session_run
+    from memtrace.lab.run import run
 
-    return session_run("capture_live", kernel, root, "files/capture.rc", lambda out: run_lab(
+    return session_run("capture_live", kernel, root, "files/capture.rc", lambda out: run(
         str(SCENARIO), kernel, out, live_snapshot=True, vmcore=False, force=True))
 
 

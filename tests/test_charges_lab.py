@@ -173,10 +173,10 @@ class Captures:
                 if installed:
                     self._done[key] = cand
                     return cand
-        from conftest import run_lab
+        from memtrace.lab.run import run
 
         out = self.root / f"{scenario}-{kernel}"
-        run_lab(scenario, kernel, out, kprobe_events=text, vmcore=False, force=True)
+        run(scenario, kernel, out, kprobe_events=text, vmcore=False, force=True)
         self._done[key] = out
         return out
 

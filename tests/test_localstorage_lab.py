@@ -102,14 +102,14 @@ class Runs:
         out = (self.reuse or self.root) / f"localstorage-{kernel}"
         made = (out / "scenario.log").exists() and "@@kprobe_profile" in (out / "scenario.log").read_text()
         if not made:
-            from conftest import run_lab
+            from memtrace.lab.run import run
             from memtrace.sources.trace import probedefs
 
             ps = probedefs.generate(_target(kernel))
             assert not ps.skipped, [(p.name, p.skipped) for p in ps.skipped]
             script = self.root / "localstorage-test.sh"
             script.write_text(SCENARIO.read_text() + PROFILE_TAIL)
-            run_lab(str(script), kernel, out, kprobe_events=probedefs.render_kprobe_events(ps), vmcore=True, force=True)
+            run(str(script), kernel, out, kprobe_events=probedefs.render_kprobe_events(ps), vmcore=True, force=True)
         if (out / "vmcore").exists():  # a reused run keeps its vmcore: snapshot it with this code
             try:
                 self._snapshot(kernel, out)

@@ -209,11 +209,11 @@ NOT_EXERCISED = {"map_kzalloc", "map_kvcalloc"}
 @pytest.mark.lab
 @pytest.mark.parametrize("series", KERNELS)
 def test_lab_probes_install_and_fire(series, tmp_path):
-    from conftest import run_lab
+    from memtrace.lab.run import run
 
     ps = probedefs.generate(_target(series), include_all=True)
     text = probedefs.render_kprobe_events(ps)
-    res = run_lab(str(SCENARIO), series, tmp_path / "run", vmcore=False, kprobe_events=text, force=True)
+    res = run(str(SCENARIO), series, tmp_path / "run", vmcore=False, kprobe_events=text, force=True)
     meta = res.meta["trace"]
     assert meta["probe_errors"] == []
     assert len(meta["kprobe_events_installed"]) == len(ps.installable)

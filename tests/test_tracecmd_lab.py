@@ -63,10 +63,10 @@ class Runs:
         if self.reuse and (self.reuse / f"force-{kernel}" / "trace.dat").exists():
             self._done[kernel] = self.reuse / f"force-{kernel}"
             return self._done[kernel]
-        from conftest import run_lab
+        from memtrace.lab.run import run
 
         out = self.root / f"force-{kernel}"
-        run_lab("force", kernel, out, kprobe_events=_probes(kernel)[0], vmcore=False, recorder="trace-cmd", force=True)
+        run("force", kernel, out, kprobe_events=_probes(kernel)[0], vmcore=False, recorder="trace-cmd", force=True)
         self._done[kernel] = out
         return out
 

@@ -73,14 +73,15 @@ def _script(kernel: str) -> tuple[str, set[str]]:
 
 
 def _run(kernel: str, root: Path) -> Path:
-    from conftest import run_lab, session_run
+    from conftest import session_run
+    from memtrace.lab.run import run
 
     def make(out: Path) -> None:
         script, _ = _script(kernel)
         assert "MEMTRACE_SCRIPT_EOF" not in script
         scen = root / f"tracecmd_script-{kernel}.sh"
         scen.write_text(SCENARIO.replace("@SCRIPT@", script))
-        run_lab(str(scen), kernel, out, recorder="trace-cmd", vmcore=False, force=True)
+        run(str(scen), kernel, out, recorder="trace-cmd", vmcore=False, force=True)
 
     return session_run("tracecmd_script", kernel, root, "files/record.rc", make)
 

@@ -81,6 +81,11 @@ def run_cmd(
     no_vmcore: bool = typer.Option(False, "--no-vmcore", help="Skip the vmcore dump."),
     memory_mb: int = typer.Option(512, "--memory", help="Guest memory in MiB.", min=128),
     cpus: int = typer.Option(2, "--cpus", help="Guest vCPUs.", min=1, max=16),
+    accel: str = typer.Option(
+        "tcg", "--accel",
+        help="tcg: all vCPUs on one host thread. mttcg: a host thread per vCPU, faster when vCPUs are busy "
+        "together, but 6.12 guests oops ('Oops: int3') when a tracepoint or kprobe is patched in under it.",
+    ),
     kprobe_events: Optional[Path] = typer.Option(None, "--kprobe-events", help="kprobe_events lines to install in the guest for the run."),
     timeout: float = typer.Option(900, "--timeout", help="Seconds the scenario may take before the guest is ended."),
     force: bool = typer.Option(False, "--force", help="Replace a non-empty --out folder."),
@@ -116,6 +121,7 @@ def run_cmd(
         vmcore=not no_vmcore,
         memory_mb=memory_mb,
         cpus=cpus,
+        accel=accel,
         scenario_timeout=timeout,
         kprobe_events=probes,
         force=force,

@@ -81,6 +81,7 @@ def run(
     vmcore: bool = True,
     memory_mb: int = 512,
     cpus: int = 2,
+    accel: str = "tcg",
     boot_timeout: float = 120,
     scenario_timeout: float = 900,
     kprobe_events: str | None = None,
@@ -96,6 +97,8 @@ def run(
     (memtrace.lab.pyroot); its output lands in ``out`` as live-snapshot.json, live.snapshot.
     ``recorder``: "tracefs" (trace.txt only) or "trace-cmd" (trace.txt and, from the same
     run, trace.dat recorded by the host's trace-cmd inside the guest; needs Debian's trace-cmd).
+    ``accel``: a key of ``memtrace.lab.qemu.ACCELS``; "tcg" (one host thread for all vCPUs)
+    unless you know the guest survives multi-threaded TCG (see there).
     ``record_events``: what trace-cmd records (system:event; those the guest lacks are left
     out); by default the events of `memtrace probes --format trace-cmd`: probes/*.toml's
     tracepoints and the kprobe events of ``kprobe_events``.
@@ -103,14 +106,16 @@ def run(
     say = progress or (lambda msg: None)
     if recorder not in initramfs.RECORDERS:
         raise InputError(f"unknown recorder {recorder!r}: choose one of {', '.join(initramfs.RECORDERS)}")
+    from memtrace.lab.qemu import ACCELS, qemu_binary
+
+    if accel not in ACCELS:
+        raise InputError(f"unknown accelerator {accel!r}: choose one of {', '.join(ACCELS)}")
     name, script = load_scenario(scenario)
     kernels.series_of(kernel_series)
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         if not force:
             raise InputError(f"{out}: exists and is not empty; choose another --out or pass --force")
-    from memtrace.lab.qemu import qemu_binary
-
     qemu_binary()  # fail before the download if QEMU is missing
     if recorder == "trace-cmd":
         initramfs._which("trace-cmd")  # likewise for trace-cmd
@@ -139,9 +144,9 @@ def run(
         timings: dict[str, float] = {}
         with Guest(
             kernel=kernel.vmlinuz, initrd=initrd, rundir=rundir, out_disk=disk, memory_mb=memory_mb, cpus=cpus,
-            extra_args=qemu_args, die_with_parent=not keep_running,
+            accel=accel, extra_args=qemu_args, die_with_parent=not keep_running,
         ) as guest:
-            say(f"booting {kernel.release} ({cpus} vCPU, {memory_mb} MiB, TCG)")
+            say(f"booting {kernel.release} ({cpus} vCPU, {memory_mb} MiB, {accel.upper()})")
             guest.wait_for(r"MEMTRACE-BOOTED", boot_timeout)
             timings["boot_s"] = round(time.time() - t0, 3)
 
@@ -205,7 +210,7 @@ def run(
                     "vmlinux": str(kernel.vmlinux),
                     "vmlinux_build_id": kernel.build_id,
                 },
-                "guest": {"cpus": cpus, "memory_mb": memory_mb, "accel": "tcg", "qemu_args": guest.args},
+                "guest": {"cpus": cpus, "memory_mb": memory_mb, "accel": accel, "qemu_args": guest.args},
                 "steps": steps,
                 "timings": timings,
                 "trace": _trace_meta(g, work),
