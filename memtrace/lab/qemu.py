@@ -145,8 +145,8 @@ class Guest:
         return "serial log tail:\n" + "\n".join("  " + l for l in tail)
 
     def panic_tail(self, most: int = 80) -> str:
-        """The console of the oops that led to the last "Kernel panic" line: from the oops's
-        first line ("BUG:", "Oops:", "general protection fault", ...) through the panic, at
+        """The console of the oops that led to the last "Kernel panic" line (the first, "[#1]",
+        when several CPUs oopsed): from the oops's first line ("BUG:", "Oops:", "general protection fault", ...) through the panic, at
         most ``most`` lines (the oops header and call trace are what say why)."""
         lines = self.serial_log.read_text(errors="replace").splitlines()
         at = max((i for i, l in enumerate(lines) if "Kernel panic - not syncing" in l), default=len(lines) - 1)
@@ -156,6 +156,11 @@ class Guest:
             if oops.search(lines[i]):
                 start = i
                 break
+        # "Oops: ... [#2]": another CPU oopsed first (e.g. at the same int3 while the first was
+        # dying); its oops, "[#1]", is the one that says why
+        if re.search(r"\[#([2-9]|\d\d+)\]", lines[start]):
+            first = next((i for i in range(start - 1, max(-1, start - 400), -1) if "[#1]" in lines[i]), None)
+            start = first if first is not None else start
         shown = lines[start : at + 2]
         if len(shown) > most:  # keep the head (why) and the tail (the panic)
             shown = shown[: most - 10] + ["  ..."] + shown[-9:]
