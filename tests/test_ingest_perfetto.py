@@ -160,3 +160,19 @@ def test_truncated_protobuf_keeps_what_decodes(tmp_path):
     p.write_bytes(raw[:3])
     with pytest.raises(InputError, match="no packet decodes"):
         load_trace(str(p))
+
+
+@pytest.mark.parametrize("tail", [bytes([2 << 3 | 1]) + b"\0" * 7, bytes([2 << 3 | 5]) + b"\0" * 3],
+                         ids=["fixed64", "fixed32"])
+def test_fixed_width_field_cut_at_the_end_is_damage(tmp_path, tail):
+    """A Trace whose last field is a fixed64/fixed32 missing its last byte is cut, like a
+    length-delimited one: every packet before it is kept, and the cut is reported."""
+    raw = events_to_trace(_text_frame(), bundle_size=64)
+    p = tmp_path / "cut.pftrace"
+    p.write_bytes(raw + tail)
+    df, st = load_trace(str(p))
+    assert st.truncated and st.malformed == 1 and len(df) == len(_text_frame())
+    assert any(f"cut inside a packet at byte {len(raw)} of {len(raw) + len(tail)}" in w for w in st.warnings)
+    p.write_bytes(raw + tail + b"\0")  # whole: an unknown top-level field, skipped
+    df, st = load_trace(str(p))
+    assert not st.truncated and st.malformed == 0 and len(df) == len(_text_frame())

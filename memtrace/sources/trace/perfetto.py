@@ -80,10 +80,10 @@ def _split_packets(pb, n):
                 _, pos = _varint(pb, p2)
                 if pos > n:
                     raise IndexError
-            elif wire == 1:
-                pos = p2 + 8
-            elif wire == 5:
-                pos = p2 + 4
+            elif wire in (1, 5):  # fixed64, fixed32
+                if p2 + (8 if wire == 1 else 4) > n:
+                    return pkts, (pos, True)
+                pos = p2 + (8 if wire == 1 else 4)
             else:
                 raise ValueError(f"wire type {wire}")
         except (IndexError, ValueError):
