@@ -7,11 +7,8 @@ Recorded by `trace-cmd record` 3.1.6 inside the lab guest (`fixtures/make-lab-fi
 installed, trace-cmd recording the page_counter and try_charge probes, cgroup life cycle and
 kmem:kfree, in the tracefs instance `memtrace-tc`, clock boot.
 
-The last tests take lines from these files where `trace-cmd report` text differs from tracefs'
-text (buffer prefix, a kprobe's raw ip, the marker's ip, a plugin's prefix, `(nil)`): text a
-user hands in is rewritten into tracefs' spelling as load_trace_dat rewrites its own `trace-cmd
-report` (`tracecmd.to_tracefs_text`), without the trace.dat's kallsyms. Whole reports of these
-files: tests/test_tracecmd_report.py.
+`trace-cmd report` text a user hands in (single lines of these files and whole reports of
+them): tests/test_tracecmd_report.py.
 """
 
 from __future__ import annotations
@@ -24,7 +21,7 @@ import pytest
 
 from memtrace.analyses.charges import charges_by_step, step_markers
 from memtrace.sources.trace import load_trace
-from memtrace.sources.trace.tracecmd import buffers, parse_report_text
+from memtrace.sources.trace.tracecmd import buffers
 from memtrace.tables.lab_truth import load_truth
 
 CAPTURES = Path(__file__).resolve().parent.parent / "fixtures" / "captures"
@@ -154,63 +151,6 @@ def test_kprobe_text_and_markers_read_as_tracefs_prints_them(kernel):
     kf = ev[ev["event"].astype(str).eq("kmem:kfree")]
     assert kf["ptr"].notna().all() and int((kf["ptr"] == 0).sum()) == KFREE_NULL[kernel]
     assert kf["call_site"].astype(str).str.contains(r"\+0x[0-9a-f]+/0x[0-9a-f]+$").mean() > 0.99
-
-
-# -- `trace-cmd report` text as a user hands it in (parse_report_text) -------------------------
-#
-# Lines below are copied unmodified from `trace-cmd report -t` of these fixtures (and of the
-# full force run that made them: kmem plugin line). tracefs prints the same events as the
-# second line of each pair.
-
-REPORT_KPROBE = (b"memtrace-tc:           mapctl-470   [000] 10626570045: force_charge:         "
-                 b"(ffffffffa1017df4) counter=0xffff89eb81ca1900 nr=1 cgid=62\n")
-REPORT_KPROBE_NO_BUFFER = (b"          mapctl-470   [000] 10626570045: force_charge:         "
-                           b"(ffffffffa1017df4) counter=0xffff89eb81ca1900 nr=1 cgid=62\n")
-REPORT_MARKER = (b"memtrace-tc:               sh-253   [001]  7319005210: print:                "
-                 b"tracing_mark_write: memtrace_step 001 start\n")
-REPORT_KMEM_PLUGIN = (b"            trace-cmd-160   [000]  6683143840: kmem_cache_alloc:     "
-                      b"(getname_flags.part.0+0x2b) call_site=getname_flags.part.0+0x2b ptr=0xffff8c9e413f1000 "
-                      b"bytes_req=4096 bytes_alloc=4096 gfp_flags=GFP_KERNEL node=-1 accounted=false\n")
-REPORT_NIL = (b"            trace-cmd-247   [001]  6683979250: kfree:                "
-              b"call_site=tomoyo_check_open_permission+0x107 ptr=(nil)\n")
-
-
-def _parse(line: bytes):
-    ev, st = parse_report_text(b"cpus=2\n" + line, kprobe_groups={"force_charge": "memtrace"})
-    assert st.format == "trace-cmd-report"
-    assert len(ev) == 1, st
-    return ev.iloc[0], st
-
-
-def test_report_text_kprobe_with_raw_ip():
-    e, st = _parse(REPORT_KPROBE_NO_BUFFER)
-    assert (str(e["event"]), int(e["pages"]), int(e["cgroup_id"]), st.unknown_events) == ("memtrace:force_charge", 1, 62, 0)
-
-
-def test_report_text_buffer_prefix():
-    e, _ = _parse(REPORT_MARKER)
-    assert (str(e["comm"]), int(e["pid"])) == ("sh", 253)
-
-
-def test_report_text_marker():
-    e, _ = _parse(REPORT_MARKER.split(b":", 1)[1])
-    assert (str(e["event"]), str(e["marker"])) == ("ftrace:print", "memtrace_step 001 start")
-
-
-def test_report_text_kmem_plugin_prefix():
-    e, _ = _parse(REPORT_KMEM_PLUGIN)
-    assert (str(e["event"]), int(e["bytes"])) == ("kmem:kmem_cache_alloc", 4096)
-
-
-def test_report_text_nil_pointer():
-    e, _ = _parse(REPORT_NIL)
-    assert int(e["ptr"]) == 0
-
-
-def test_report_text_integer_timestamp_is_nanoseconds():
-    """trace-cmd prints a clock it does not know to be ns-as-seconds (boot, mono) as a raw count."""
-    e, _ = _parse(REPORT_NIL)
-    assert int(e["ts_ns"]) == 6683979250
 
 
 def test_trace_cmd_without_dump_still_reads_the_events(tmp_path):

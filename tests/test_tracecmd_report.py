@@ -42,6 +42,10 @@ MARKER = (b"memtrace-tc:               sh-253   [001]  7319005210: print:       
           b"tracing_mark_write: memtrace_step 001 start\n")
 KFREE_PLUGIN = (b"memtrace-tc:        trace-cmd-241   [000]  5587581291: kfree:                "
                 b"(tomoyo_check_open_permission+0x107) call_site=tomoyo_check_open_permission+0x107 ptr=(nil)\n")
+# of the full force run on 6.1 that made force-6.1.trace.dat, with plugins (plugin_kmem)
+KMEM_PLUGIN = (b"            trace-cmd-160   [000]  6683143840: kmem_cache_alloc:     "
+               b"(getname_flags.part.0+0x2b) call_site=getname_flags.part.0+0x2b ptr=0xffff8c9e413f1000 "
+               b"bytes_req=4096 bytes_alloc=4096 gfp_flags=GFP_KERNEL node=-1 accounted=false\n")
 KFREE_N = (b"            trace-cmd-247   [001]  6683979250: kfree:                "
            b"call_site=tomoyo_check_open_permission+0x107 ptr=0xffff8cb7c1b7c000\n")
 
@@ -78,8 +82,7 @@ def test_sniff_tracefs_text_stays_ftrace_text(path):
     assert detect.sniff(b"    kworker/0:1-12      [000] d..1.     3.857403: kfree: call_site=x+0x1/0x2 ptr=0\n") == detect.FTRACE_TEXT
 
 
-# -- the five ways trace-cmd's text differs (tests/test_tracecmd_fixtures.py has them on
-#    single lines too), and the rules for kprobes without a symbol table ------------------------
+# -- the five ways trace-cmd's text differs, and the rules for kprobes without a symbol table --
 
 def test_kprobe_raw_ip_known_from_probe_definitions():
     """force_charge is one of memtrace's probes (probes/memcg.toml, group memtrace): no hint needed."""
@@ -87,6 +90,8 @@ def test_kprobe_raw_ip_known_from_probe_definitions():
     assert (str(e["event"]), int(e["pages"]), int(e["cgroup_id"]), str(e["comm"]), st.unknown_events) == \
         ("memtrace:force_charge", 1, 62, "mapctl", 0)
     assert e["args"] == "(0xffffffffa1017df4+0x0) counter=0xffff89eb81ca1900"
+    no_buffer, _ = _one(KPROBE.split(b":", 1)[1])  # the top-level buffer has no prefix
+    assert no_buffer.equals(e)
 
 
 def test_kprobe_group_from_caller_wins():
@@ -122,12 +127,20 @@ def test_known_tracepoint_wins_over_a_prefix_unless_a_known_kprobe():
     assert (str(e["event"]), e["args"]) == ("kmem:kfree", "(ffffffff81000010)")
 
 
+def test_kmem_plugin_prefix_on_another_kmem_event():
+    e, _ = _one(KMEM_PLUGIN)
+    assert (str(e["event"]), int(e["bytes"]), int(e["bytes_req"]), str(e["call_site"])) == \
+        ("kmem:kmem_cache_alloc", 4096, 4096, "getname_flags.part.0+0x2b")
+
+
 def test_crlf_line_ends():
     e, _ = _one(KFREE_PLUGIN.replace(b"\n", b"\r\n"))
     assert (str(e["event"]), int(e["ptr"]), str(e["call_site"])) == ("kmem:kfree", 0, "tomoyo_check_open_permission+0x107")
 
 
 def test_marker_and_buffer_prefix():
+    """Also: trace-cmd prints a clock it does not know to be ns-as-seconds (boot, mono) as a
+    raw count, which is read as nanoseconds."""
     e, _ = _one(MARKER)
     assert (str(e["event"]), e["marker"], str(e["comm"]), int(e["pid"]), int(e["ts_ns"])) == \
         ("ftrace:print", "memtrace_step 001 start", "sh", 253, 7319005210)
