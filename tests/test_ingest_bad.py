@@ -18,6 +18,7 @@ import pytest
 from memtrace.errors import InputError
 from memtrace.sources.trace import ftrace_text as ft
 from memtrace.sources.trace import load_trace
+from memtrace.sources.trace.ftrace_reference import parse_ftrace_text_reference
 from memtrace.sources.trace.perfetto import events_to_trace, parse_perfetto, parse_perfetto_reference
 
 pb2 = pytest.importorskip("perfetto.protos.perfetto.trace.perfetto_trace_pb2")
@@ -62,7 +63,7 @@ def same_perfetto(raw):
 
 
 def same_text(raw, chunk_bytes=1 << 30):
-    return same(ft.parse_ftrace_text, lambda d: ft.parse_ftrace_text_reference(d, chunk_bytes=chunk_bytes), raw)
+    return same(ft.parse_ftrace_text, lambda d: parse_ftrace_text_reference(d, chunk_bytes=chunk_bytes), raw)
 
 
 # --- perfetto ------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 
 from memtrace.sources.trace import ftrace_text as ft
+from memtrace.sources.trace.ftrace_reference import parse_ftrace_text_reference
 from memtrace.tables.events import validate_events
 
 FIX = Path(__file__).resolve().parent.parent / "fixtures" / "traces"
@@ -30,7 +31,7 @@ def _same(data: bytes, *, chunk_bytes=None, kprobe_groups=None):
                            kprobe_groups=kprobe_groups, stats=None)
     else:
         fast, sf = ft.parse_ftrace_text(data, kprobe_groups=kprobe_groups)
-    ref, sr = ft.parse_ftrace_text_reference(data, kprobe_groups=kprobe_groups, chunk_bytes=1 << 30)
+    ref, sr = parse_ftrace_text_reference(data, kprobe_groups=kprobe_groups, chunk_bytes=1 << 30)
     pd.testing.assert_frame_equal(fast, ref, check_exact=True)
     assert sf.to_dict() == sr.to_dict()
     assert validate_events(fast) == []

@@ -16,6 +16,7 @@ import pytest
 
 from memtrace.errors import EXIT_ENVIRONMENT, EnvironmentProblem, InputError
 from memtrace.sources.trace import ftrace_text as ft
+from memtrace.sources.trace.ftrace_reference import parse_ftrace_text_reference
 
 FIX = Path(__file__).resolve().parent.parent / "fixtures" / "traces"
 EXCERPTS = [FIX / "restart-6.1.excerpt.txt", FIX / "restart-6.12.excerpt.txt"]
@@ -349,7 +350,7 @@ def test_missing_extension_is_an_environment_error(monkeypatch):
         ft.parse_ftrace_text(BODY[0] + b"\n")
     assert e.value.exit_code == EXIT_ENVIRONMENT
     assert "\n" not in e.value.message
-    df, _ = ft.parse_ftrace_text_reference(BODY[0] + b"\n")  # the reference needs no extension
+    df, _ = parse_ftrace_text_reference(BODY[0] + b"\n")  # the reference needs no extension
     assert len(df) == 1
 
 
