@@ -34,7 +34,6 @@ def _open(run: Path):
 
 def m_snapshot(run: Path, extra: dict) -> dict:
     from memtrace.sources.snapshot import take_snapshot
-    from memtrace.tables.snapshot_file import save
 
     prog, target = _open(run)
     t = time.perf_counter()
@@ -108,12 +107,10 @@ def m_naive(run: Path, extra: dict) -> dict:
                 for e in hlist_nulls_for_each_entry("struct htab_elem", htab.buckets[b].head.address_of_(), "hash_node"):
                     page = compound_head(virt_to_page(prog, e.value_()))
                     slab = cast("struct slab *", page)
-                    try:
+                    try:  # 6.10+: slab->obj_exts; before: slab->memcg_data (both 8-byte slots here)
                         vec = slab.obj_exts.value_() & ~7
-                        stride = 8
                     except AttributeError:
                         vec = slab.memcg_data.value_() & ~3
-                        stride = 8
                     cache = slab.slab_cache
                     base = prog["page_offset_base"].value_() + (
                         (page.value_() - prog["vmemmap"].value_()) // prog.type("struct page").size << 12

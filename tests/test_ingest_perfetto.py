@@ -14,7 +14,6 @@ import os
 import re
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
 from memtrace.errors import InputError

@@ -11,7 +11,6 @@ faults are counted and reported, and the maps they touched are marked incomplete
 from __future__ import annotations
 
 import os
-import re
 import struct
 import time
 from datetime import datetime, timezone

@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 import numpy as np
-from drgn import FaultError, Object, Program, cast, container_of, offsetof, sizeof
+from drgn import FaultError, Object, Program, container_of, offsetof, sizeof
 from drgn.helpers.linux.bpf import bpf_map_for_each
 from drgn.helpers.linux.cpumask import for_each_possible_cpu, num_possible_cpus
 from drgn.helpers.linux.percpu import per_cpu_ptr

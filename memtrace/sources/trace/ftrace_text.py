@@ -33,7 +33,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -47,7 +46,6 @@ from memtrace.tables.events import (
     GFP_ACCOUNT,
     PAGE_SIZE,
     IngestStats,
-    coerce_events,
     empty_events,
     values_out_of_range_warning,
 )
