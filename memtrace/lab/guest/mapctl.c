@@ -409,11 +409,14 @@ static void cmd_clone(int argc, char **argv) {
 static volatile sig_atomic_t stop;
 static void on_term(int sig) { (void)sig; stop = 1; }
 
-static void cmd_sockhash_fill(int argc, char **argv) {
-	if (argc < 3)
-		die("%s", "usage: sockhash-fill PIN COUNT READYFILE");
-	int fd = obj_get(argv[0]);
-	uint32_t count = strtoul(argv[1], 0, 0);
+// One UDP socket per element: put(fd, i, socket, ctx) makes element i from it; a socket
+// whose element failed is closed. Prints the counts, creates READYFILE, then holds the
+// sockets (and so the elements) until SIGTERM.
+typedef int (*sock_put_fn)(int fd, uint32_t i, int sock, void *ctx);
+
+static void fill_sockets(int fd, uint32_t id, const char *count_arg, const char *readyfile, int bind_it,
+			 sock_put_fn put, void *ctx) {
+	uint32_t count = strtoul(count_arg, 0, 0);
 	struct rlimit rl = {count + 64, count + 64};
 	if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
 		die("%s", "setrlimit(RLIMIT_NOFILE)");
@@ -423,10 +426,9 @@ static void cmd_sockhash_fill(int argc, char **argv) {
 	for (uint32_t i = 0; i < count; i++) {
 		int s = socket(AF_INET, SOCK_DGRAM, 0);
 		struct sockaddr_in sin = {.sin_family = AF_INET};
-		if (s < 0 || bind(s, (struct sockaddr *)&sin, sizeof(sin)) < 0)
+		if (s < 0 || (bind_it && bind(s, (struct sockaddr *)&sin, sizeof(sin)) < 0))
 			die("%s", "socket/bind");
-		uint32_t v = s;
-		if (update(fd, &i, &v, BPF_ANY) < 0) {
+		if (put(fd, i, s, ctx) < 0) {
 			if (!first_errno)
 				first_errno = errno;
 			failed++;
@@ -435,13 +437,38 @@ static void cmd_sockhash_fill(int argc, char **argv) {
 			done++;
 		}
 	}
-	printf("id=%u done=%u failed=%u errno=%d\n", map_info(fd).id, done, failed, first_errno);
+	printf("id=%u done=%u failed=%u errno=%d\n", id, done, failed, first_errno);
 	fflush(stdout);
-	int r = open(argv[2], O_CREAT | O_WRONLY, 0644);
+	int r = open(readyfile, O_CREAT | O_WRONLY, 0644);
 	if (r >= 0)
 		close(r);
 	while (!stop)
 		pause();
+}
+
+static int sockhash_put(int fd, uint32_t i, int sock, void *ctx) {
+	(void)ctx;
+	uint32_t v = sock;  // a sockhash/sockmap takes a bound socket's fd as the value
+	return update(fd, &i, &v, BPF_ANY);
+}
+
+static void cmd_sockhash_fill(int argc, char **argv) {
+	if (argc < 3)
+		die("%s", "usage: sockhash-fill PIN COUNT READYFILE");
+	int fd = obj_get(argv[0]);
+	fill_sockets(fd, map_info(fd).id, argv[1], argv[2], 1, sockhash_put, 0);
+}
+
+struct sk_storage_value {
+	unsigned char *bytes;
+	uint32_t size;
+};
+
+static int sk_storage_put(int fd, uint32_t i, int sock, void *ctx) {
+	struct sk_storage_value *v = ctx;
+	for (uint32_t b = 0; b < v->size; b++)
+		v->bytes[b] = (unsigned char)(i + b);
+	return update(fd, &sock, v->bytes, BPF_NOEXIST);  // an sk_storage map's key is the socket's fd
 }
 
 static void cmd_sk_storage_fill(int argc, char **argv) {
@@ -453,36 +480,8 @@ static void cmd_sk_storage_fill(int argc, char **argv) {
 		errno = 0;
 		die("%s is not an sk_storage map", argv[0]);
 	}
-	uint32_t count = strtoul(argv[1], 0, 0);
-	struct rlimit rl = {count + 64, count + 64};
-	if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
-		die("%s", "setrlimit(RLIMIT_NOFILE)");
-	signal(SIGTERM, on_term);
-	unsigned char *value = calloc(1, info.value_size + 8);
-	uint32_t done = 0, failed = 0;
-	int first_errno = 0;
-	for (uint32_t i = 0; i < count; i++) {
-		int s = socket(AF_INET, SOCK_DGRAM, 0);
-		if (s < 0)
-			die("%s", "socket");
-		for (uint32_t b = 0; b < info.value_size; b++)
-			value[b] = (unsigned char)(i + b);
-		if (update(fd, &s, value, BPF_NOEXIST) < 0) {
-			if (!first_errno)
-				first_errno = errno;
-			failed++;
-			close(s);
-		} else {
-			done++;
-		}
-	}
-	printf("id=%u done=%u failed=%u errno=%d\n", info.id, done, failed, first_errno);
-	fflush(stdout);
-	int r = open(argv[2], O_CREAT | O_WRONLY, 0644);
-	if (r >= 0)
-		close(r);
-	while (!stop)
-		pause();
+	struct sk_storage_value v = {calloc(1, info.value_size + 8), info.value_size};
+	fill_sockets(fd, info.id, argv[1], argv[2], 0, sk_storage_put, &v);
 }
 
 int main(int argc, char **argv) {
