@@ -3,7 +3,7 @@
  * The scanner reads whole lines from a buffer (`Scanner.feed`) and appends one row per event line
  * to column arrays that it owns until `Scanner.finish` hands them to Python (zero-copy, as objects
  * with the buffer protocol). It implements exactly the rules of the reference parser in
- * ftrace_text.py (a regex per header, `_kv_spans` per field list, `parse_ints` per number):
+ * ftrace_reference.py (a regex per header, `_kv_spans` per field list, `parse_ints` per number):
  *
  *  - the header: only a line whose header reads one way is taken here (comm, `-pid`, blanks,
  *    `[cpu]`, blanks, an optional flags word, `secs[.frac]:`, blanks, `name:`); any other line
