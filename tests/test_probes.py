@@ -244,3 +244,28 @@ def test_lab_probes_install_and_fire(series, tmp_path):
     ev = [s["cgroups"]["/pod/p1"]["memory.events"]["max"] for s in truth["steps"] if "/pod/p1" in s["cgroups"]]
     fc = sum(1 for m in re.finditer(r" force_charge: .* cgid=(\d+)", trace) if int(m.group(1)) == p1)
     assert 0 < fc <= max(ev), (fc, ev)
+
+
+def test_kprobe_event_defs_one_reader_for_every_caller():
+    """kprobe_events lines are read in one place (probedefs.kprobe_event_defs): the capture's
+    kprobe_profile matching, the lab's trace-cmd event list and ingest's group hints."""
+    from memtrace.lab.initramfs import trace_cmd_events
+    from memtrace.sources.trace.capture import defined_kprobes
+    from memtrace.sources.trace.ftrace_text import kprobe_groups_from_defs
+    from memtrace.sources.trace.probedefs import kprobe_event_defs
+
+    text = ("p:memtrace/pc_try_charge page_counter_try_charge counter=%di\n"
+            "r64:foo bar\n"                      # no group: kprobes
+            "p baz\n"                            # no name: the kernel makes one
+            "f:fp/x y\n"                         # an fprobe (not in kprobe_profile)
+            "f:z w\n"                            # fprobe without group: fprobes
+            "-:memtrace/old\n# p:no/no x\n"      # a removal, a comment
+            "r1:mtmiss/nanosleep_ret hrtimer_nanosleep\n")
+    assert kprobe_event_defs(text) == [("memtrace", "pc_try_charge"), ("kprobes", "foo"), ("fp", "x"),
+                                       ("fprobes", "z"), ("mtmiss", "nanosleep_ret")]
+    assert kprobe_event_defs(text.splitlines()) == kprobe_event_defs(text)
+    assert defined_kprobes(text) == ["memtrace/pc_try_charge", "kprobes/foo", "mtmiss/nanosleep_ret"]
+    assert kprobe_groups_from_defs(text.splitlines()) == {"pc_try_charge": "memtrace", "foo": "kprobes", "x": "fp",
+                                                          "z": "fprobes", "nanosleep_ret": "mtmiss"}
+    assert trace_cmd_events(text)[-3:] == ["memtrace:pc_try_charge", "kprobes:foo", "mtmiss:nanosleep_ret"]
+    assert kprobe_event_defs(None) == [] and kprobe_event_defs("") == []

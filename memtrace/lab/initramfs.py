@@ -90,13 +90,10 @@ def trace_cmd_events(kprobe_events: str | None = None) -> list[str]:
     """The events `memtrace probes --format trace-cmd` records, as system:event: the
     probes/*.toml tracepoints (optional ones included: the guest keeps those its kernel
     has), then the kprobe events of ``kprobe_events`` (the guest keeps those it installed)."""
-    from memtrace.sources.trace.probedefs import load_definitions
+    from memtrace.sources.trace.probedefs import kprobe_event_defs, load_definitions
 
     evs = [ev for g in load_definitions().tracepoints for ev in g.events]
-    for line in (kprobe_events or "").splitlines():
-        m = re.match(r"\s*[pr]\d*:(?:(\w+)/)?(\w+)\s", line)
-        if m:
-            evs.append(f"{m.group(1) or 'kprobes'}:{m.group(2)}")
+    evs += [f"{group}:{name}" for group, name in kprobe_event_defs(kprobe_events, kinds="pr")]
     return list(dict.fromkeys(evs))
 
 

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Callable
 
 from memtrace.errors import EnvironmentProblem, InputError, MemtraceError
-from memtrace.sources.trace.probedefs import Probe, ProbeSet
+from memtrace.sources.trace.probedefs import Probe, ProbeSet, kprobe_event_defs
 
 CAPTURE_SCHEMA = "memtrace.capture/1"
 
@@ -195,13 +195,7 @@ def parse_kprobe_profile(text: str) -> list[tuple[str, int, int]]:
 
 def defined_kprobes(text: str) -> list[str]:
     """group/name of each kprobe in ``kprobe_events`` text, in order (``p:g/n f ...``, ``r64:g/n ...``)."""
-    out = []
-    for line in text.splitlines():
-        parts = line.split()
-        if parts and parts[0][:1] in ("p", "r") and ":" in parts[0]:
-            ev = parts[0].split(":", 1)[1]
-            out.append(ev if "/" in ev else f"kprobes/{ev}")
-    return out
+    return [f"{group}/{name}" for group, name in kprobe_event_defs(text, kinds="pr")]
 
 
 def match_kprobe_profile(profile_text: str, events: list[str], kprobe_events_text: str | None = None

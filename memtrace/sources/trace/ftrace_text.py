@@ -107,12 +107,9 @@ def canonical_event(name: str, *, kprobe: bool = False, kprobe_groups: dict[str,
 
 def kprobe_groups_from_defs(defs) -> dict[str, str]:
     """{event name: group} from kprobe_events lines such as `p:memcg/try_charge try_charge_memcg ...`."""
-    groups = {}
-    for d in defs or ():
-        m = re.match(r"\s*[prf]\d*(?::(?:(\w+)/)?(\w+))?\s", d)
-        if m and m.group(2):
-            groups[m.group(2)] = m.group(1) or "kprobes"
-    return groups
+    from memtrace.sources.trace.probedefs import kprobe_event_defs
+
+    return {name: group for group, name in kprobe_event_defs(list(defs or ()))}
 
 
 # field name → column, for every event; then per-event overrides

@@ -487,6 +487,24 @@ def _emit(target: KernelTarget, d: ProbeDef, a: Attach, fn: str, is_return: bool
 # -- renderers (text; the CLI prints them) ---------------------------------------------------
 
 
+#: a named probe in kprobe_events text: `p:group/event sym ...`, `r64:event ...`, `f:...` (fprobe)
+_EVENT_DEF = re.compile(r"\s*([prf])\d*:(?:([^/\s]+)/)?([^/\s]+)\s")
+
+
+def kprobe_event_defs(text: str | list[str] | None, kinds: str = "prf") -> list[tuple[str, str]]:
+    """(group, event) of each named probe in kprobe_events text or lines, in order, of the
+    ``kinds`` given (p kprobe, r kretprobe, f fprobe). The kernel's default groups: kprobes
+    for p and r, fprobes for f. Lines that name no event (`p sym`, the kernel makes the
+    name) or are not probe definitions are skipped."""
+    lines = text.splitlines() if isinstance(text, str) else (text or [])
+    out = []
+    for line in lines:
+        m = _EVENT_DEF.match(line)
+        if m and m.group(1) in kinds:
+            out.append((m.group(2) or ("fprobes" if m.group(1) == "f" else "kprobes"), m.group(3)))
+    return out
+
+
 def render_kprobe_events(ps: ProbeSet) -> str:
     t = ps.target
     lines = [
