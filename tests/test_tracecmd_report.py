@@ -46,6 +46,9 @@ KFREE_PLUGIN = (b"memtrace-tc:        trace-cmd-241   [000]  5587581291: kfree: 
 KMEM_PLUGIN = (b"            trace-cmd-160   [000]  6683143840: kmem_cache_alloc:     "
                b"(getname_flags.part.0+0x2b) call_site=getname_flags.part.0+0x2b ptr=0xffff8c9e413f1000 "
                b"bytes_req=4096 bytes_alloc=4096 gfp_flags=GFP_KERNEL node=-1 accounted=false\n")
+# of `trace-cmd report -l` of force-6.1.trace.dat (latency format), unmodified
+LATENCY = (b"memtrace-tc:    sleep-240     1.Ns1.  5588807251: kfree:                "
+           b"(security_cred_free+0x3c) call_site=security_cred_free+0x3c ptr=0xffff8cb7d1211310\n")
 KFREE_N = (b"            trace-cmd-247   [001]  6683979250: kfree:                "
            b"call_site=tomoyo_check_open_permission+0x107 ptr=0xffff8cb7c1b7c000\n")
 
@@ -66,6 +69,7 @@ def _one(text: bytes, **kw):
     MARKER.split(b":", 1)[1],   # print: tracing_mark_write: TEXT
     KFREE_PLUGIN.split(b":", 1)[1],  # ptr=(nil)
     KFREE_N,                    # a raw-count timestamp right after [cpu]
+    LATENCY,                    # report -l: no [cpu], CPU and flags run together
 ])
 def test_sniff_trace_cmd_report(head):
     assert detect.sniff(head) == detect.TRACECMD_REPORT
@@ -133,6 +137,13 @@ def test_kmem_plugin_prefix_on_another_kmem_event():
         ("kmem:kmem_cache_alloc", 4096, 4096, "getname_flags.part.0+0x2b")
 
 
+def test_latency_format_line():
+    e, st = _one(b"cpus=2\n" + LATENCY)
+    assert (str(e["comm"]), int(e["pid"]), int(e["cpu"]), int(e["ts_ns"]), str(e["event"]), int(e["ptr"])) == \
+        ("sleep", 240, 1, 5588807251, "kmem:kfree", 0xffff8cb7d1211310)
+    assert any("report -l" in w for w in st.warnings)
+
+
 def test_crlf_line_ends():
     e, _ = _one(KFREE_PLUGIN.replace(b"\n", b"\r\n"))
     assert (str(e["event"]), int(e["ptr"]), str(e["call_site"])) == ("kmem:kfree", 0, "tomoyo_check_open_permission+0x107")
@@ -169,7 +180,8 @@ def _report(kernel: str, flags: list[str], dest: Path) -> Path:
 
 
 @needs_trace_cmd
-@pytest.mark.parametrize("flags", [[], ["-N"], ["-t", "-N"]], ids=["plugins", "-N", "-t-N"])
+@pytest.mark.parametrize("flags", [[], ["-N"], ["-t", "-N"], ["-l"], ["-l", "-t", "-N"]],
+                         ids=["plugins", "-N", "-t-N", "-l", "-l-t-N"])
 @pytest.mark.parametrize("kernel", ["6.1", "6.12"])
 def test_report_text_reads_as_the_trace_dat(kernel, flags, tmp_path):
     dat, sd = load_trace(str(CAPTURES / f"force-{kernel}.trace.dat"))
@@ -178,6 +190,12 @@ def test_report_text_reads_as_the_trace_dat(kernel, flags, tmp_path):
     assert (sr.events_parsed, sr.unknown_events, sr.malformed, sr.lost_events) == (sd.events_parsed, 0, 0, 0)
     # the same frame, but for the two columns that need the trace.dat's kallsyms
     same = [c for c in dat.columns if c not in ("args", "call_site")]
+    if "-l" in flags:  # latency format: comm cut to 8 characters, and a warning says so
+        same.remove("comm")
+        assert rep["comm"].astype(str).tolist() == dat["comm"].astype(str).str[:8].tolist()
+        assert any("comm is cut to 8 characters" in w for w in sr.warnings)
+    else:
+        assert not any("report -l" in w for w in sr.warnings or [])
     pd.testing.assert_frame_equal(rep[same], dat[same])
     # call_site: trace-cmd's sym+0xoff, without tracefs' /0xsize
     assert rep["call_site"].astype(str).tolist() == \
@@ -196,10 +214,11 @@ def test_report_text_reads_as_the_trace_dat(kernel, flags, tmp_path):
 
 
 @needs_trace_cmd
-def test_report_text_without_header_and_the_cli(tmp_path):
+@pytest.mark.parametrize("flags", [[], ["-l"]], ids=["plain", "-l"])
+def test_report_text_without_header_and_the_cli(tmp_path, flags):
     """grep'd report text (no `cpus=` line): the event lines say what it is; `memtrace ingest
     --json` names the format."""
-    text = _report("6.12", [], tmp_path / "full.txt").read_bytes()
+    text = _report("6.12", flags, tmp_path / "full.txt").read_bytes()
     cut = tmp_path / "cut.txt"
     cut.write_bytes(b"".join(l for l in text.splitlines(keepends=True) if b"cpus=" not in l))
     p = subprocess.run([sys.executable, "-m", "memtrace", "ingest", str(cut), "--json"], capture_output=True, text=True)

@@ -31,6 +31,10 @@ _REPORT_SIGNS = re.compile(
     rb"|^ *\S[^\n]*?-\d+ +\[\d+\] +\d+: ",
     re.M,
 )
+#: an event line of `trace-cmd report -l` (latency format): [buffer: ]comm-pid, the CPU with
+#: the latency flags run into it (irqs-off first, never a digit), the timestamp
+REPORT_LATENCY_LINE = re.compile(
+    rb"^([^\s#:][^\s:]*: )?( *\S[^\n]*?-\d+) +(\d+)([^\s\d]\S{3,6}) +(\d+(?:\.\d+)?: )(?=[^:\s]+:)", re.M)
 
 
 def sniff(head: bytes, path: str = "<buffer>") -> str:
@@ -46,6 +50,8 @@ def sniff(head: bytes, path: str = "<buffer>") -> str:
     if _EVENT_LINE.search(head[:65536]):
         # trace-cmd report text without its header line (cut, grepped): its event lines say so
         return TRACECMD_REPORT if _REPORT_SIGNS.search(head[:65536]) else FTRACE_TEXT
+    if REPORT_LATENCY_LINE.search(head[:65536]):
+        return TRACECMD_REPORT  # `trace-cmd report -l` text without its header line
     # perfetto: a Trace is repeated field 1 (tag 0x0a) packets
     if head[0] == 0x0A:
         return PERFETTO

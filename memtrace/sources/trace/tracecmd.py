@@ -39,6 +39,9 @@ the trace.dat itself (its kallsyms, its event formats):
   the size is added from a trace.dat's kallsyms when the name is unique there; text keeps
   ``sym+0xoff``). mm_page_alloc's ``page=`` stays wrong (libtraceevent cannot evaluate
   ``vmemmap_base``); its ``pfn`` is right.
+* ``-l`` (latency format, text only): ``comm-pid  CPUflags  ts: event: ...`` (``trace-cm-241
+  0.....  5587581291: kfree: ...``), comm cut to 8 characters and the CPU number run into the
+  flags, is rewritten to ``comm-pid [CPU] flags ts:``; comm stays cut (a warning says so).
 * Kprobe groups: text names a kprobe event without its group; a trace.dat stores it
   (``report -E`` lists system:event), so ``memtrace:pc_try_charge`` needs no lab meta.json.
   Text takes them from the caller (load_trace: a lab meta.json beside the file), then from
@@ -76,7 +79,25 @@ def parse_report_text(data: bytes, *, path: str = "<buffer>", kprobe_groups=None
     ``kprobes``, the kernel's default)."""
     groups = {**probe_definition_groups(), **(kprobe_groups or {})}
     kinds = EventKinds(kprobe_names=set(groups))
-    return parse_ftrace_text(to_tracefs_text(data, kinds), path=path, fmt=detect.TRACECMD_REPORT, kprobe_groups=groups)
+    data, latency = from_latency_format(data)
+    df, st = parse_ftrace_text(to_tracefs_text(data, kinds), path=path, fmt=detect.TRACECMD_REPORT, kprobe_groups=groups)
+    if latency:
+        st.warn(f"{path}: `trace-cmd report -l` text: comm is cut to 8 characters there, and stays so")
+    return df, st
+
+
+#: an ordinary event line's [cpu]
+_CPU_BRACKETS = re.compile(rb"^[^\n]*?-\d+ +(?:\(\s*[-\d]*\)\s+)?\[\d+\]", re.M)
+
+
+def from_latency_format(data: bytes) -> tuple[bytes, bool]:
+    """`trace-cmd report -l` text → `trace-cmd report` text (``comm-pid [CPU] flags ts:``), and
+    whether it was latency format: decided on the first 64 KiB (an event line in latency
+    format, none with ``[CPU]``)."""
+    head = data[:65536]
+    if _CPU_BRACKETS.search(head) or not detect.REPORT_LATENCY_LINE.search(head):
+        return data, False
+    return detect.REPORT_LATENCY_LINE.sub(rb"\1\2 [\3] \4 \5", data), True
 
 
 def load_report_text(path: str, *, kprobe_groups=None) -> tuple[pd.DataFrame, IngestStats]:
