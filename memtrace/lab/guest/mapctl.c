@@ -21,10 +21,26 @@
 //                                      allocates it with GFP_ATOMIC, charged to the map's
 //                                      memcg); touches READYFILE, then holds the sockets (and
 //                                      so the elements) until SIGTERM
+//   mapctl task-storage-fill PIN COUNT READYFILE
+//                                      forks COUNT children that only pause() (and die with
+//                                      mapctl), gives each an element of the task_storage map
+//                                      PIN (key = a pidfd_open() fd of the child); touches
+//                                      READYFILE, holds them until SIGTERM, then kills and
+//                                      reaps the children
+//   mapctl cgrp-storage-fill PIN DIR COUNT READYFILE
+//                                      makes the cgroups DIR/c0..c<COUNT-1> (DIR: a cgroup2
+//                                      directory) and gives each an element of the cgrp_storage
+//                                      map PIN (key = an O_RDONLY fd of the directory); touches
+//                                      READYFILE, holds them until SIGTERM, then closes the fds
+//                                      and removes the cgroups
+// Every *-fill prints "id=ID done=N failed=N errno=E" (E: the first failure's errno) once
+// the elements are made.
 //
-// TYPE sk_storage (BPF_MAP_TYPE_SK_STORAGE) needs BTF for its key and value: create loads a
-// minimal BTF blob (int key, value struct { char data[V]; }) with BPF_BTF_LOAD itself. The
-// kernel wants key=4 entries=0 flags=1 (BPF_F_NO_PREALLOC) for it.
+// The local-storage TYPEs sk_storage, task_storage and cgrp_storage (BPF_MAP_TYPE_SK_STORAGE,
+// _TASK_STORAGE, _CGRP_STORAGE) need BTF for their key and value: create loads a minimal
+// BTF blob (int key, value struct { char data[V]; }) with BPF_BTF_LOAD itself. The kernel
+// wants key=4 entries=0 flags=1 (BPF_F_NO_PREALLOC) for them. cgrp_storage is new in 6.2: an
+// older kernel refuses the map type (EINVAL), and create says so.
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -37,8 +53,18 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
+
+// not in every libc's linux/bpf.h: the values of the kernel's enum bpf_map_type
+#define MT_MAP_TYPE_TASK_STORAGE 29
+#define MT_MAP_TYPE_CGRP_STORAGE 32
+#ifndef __NR_pidfd_open
+#define __NR_pidfd_open 434
+#endif
 
 static const char *prog = "mapctl";
 
@@ -73,7 +99,14 @@ static const struct {
 	{"queue", BPF_MAP_TYPE_QUEUE},
 	{"stack", BPF_MAP_TYPE_STACK},
 	{"sk_storage", BPF_MAP_TYPE_SK_STORAGE},
+	{"task_storage", MT_MAP_TYPE_TASK_STORAGE},
+	{"cgrp_storage", MT_MAP_TYPE_CGRP_STORAGE},
 };
+
+static int is_local_storage(int type) {
+	return type == BPF_MAP_TYPE_SK_STORAGE || type == MT_MAP_TYPE_TASK_STORAGE ||
+	       type == MT_MAP_TYPE_CGRP_STORAGE;
+}
 
 static int map_by_id(uint32_t id);
 
@@ -276,12 +309,14 @@ static void cmd_create(int argc, char **argv) {
 	}
 	if (inner_fd >= 0)
 		a.inner_map_fd = inner_fd;
-	if (a.map_type == BPF_MAP_TYPE_SK_STORAGE) {
+	if (is_local_storage(a.map_type)) {
 		a.btf_fd = load_value_btf(a.value_size);
 		a.btf_key_type_id = MT_BTF_KEY;
 		a.btf_value_type_id = MT_BTF_VALUE;
 	}
 	int fd = sys_bpf(BPF_MAP_CREATE, &a);
+	if (fd < 0 && errno == EINVAL && a.map_type == MT_MAP_TYPE_CGRP_STORAGE)
+		die("cannot create map %s: this kernel has no BPF_MAP_TYPE_CGRP_STORAGE (new in 6.2)", pin);
 	if (fd < 0)
 		die("cannot create map %s", pin);
 	obj_pin(fd, pin);
@@ -409,30 +444,34 @@ static void cmd_clone(int argc, char **argv) {
 static volatile sig_atomic_t stop;
 static void on_term(int sig) { (void)sig; stop = 1; }
 
-// One UDP socket per element: put(fd, i, socket, ctx) makes element i from it; a socket
-// whose element failed is closed. Prints the counts, creates READYFILE, then holds the
-// sockets (and so the elements) until SIGTERM.
-typedef int (*sock_put_fn)(int fd, uint32_t i, int sock, void *ctx);
+// One owner per element (a socket, a task, a cgroup), made by ops->make as an fd that
+// stands for it; ops->put gives owner i its element; an owner whose element failed is
+// dropped at once. Prints the counts, creates READYFILE, then holds the owners (and so the
+// elements) until SIGTERM, and releases them (sockets: left to exit, as ever).
+struct owner_ops {
+	int (*make)(uint32_t i, void *ctx);                   // the owner's fd; dies on failure
+	int (*put)(int fd, uint32_t i, int owner, void *ctx);  // < 0 with errno: no element
+	void (*drop)(uint32_t i, int owner, void *ctx);       // an owner without an element
+	void (*release)(uint32_t i, int owner, void *ctx);    // at SIGTERM; NULL: left to exit
+};
 
-static void fill_sockets(int fd, uint32_t id, const char *count_arg, const char *readyfile, int bind_it,
-			 sock_put_fn put, void *ctx) {
-	uint32_t count = strtoul(count_arg, 0, 0);
+static void fill_owners(int fd, uint32_t id, uint32_t count, const char *readyfile, const struct owner_ops *ops,
+			void *ctx) {
 	struct rlimit rl = {count + 64, count + 64};
 	if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
 		die("%s", "setrlimit(RLIMIT_NOFILE)");
 	signal(SIGTERM, on_term);
+	int *owners = calloc(count + 1, sizeof(int));
 	uint32_t done = 0, failed = 0;
 	int first_errno = 0;
 	for (uint32_t i = 0; i < count; i++) {
-		int s = socket(AF_INET, SOCK_DGRAM, 0);
-		struct sockaddr_in sin = {.sin_family = AF_INET};
-		if (s < 0 || (bind_it && bind(s, (struct sockaddr *)&sin, sizeof(sin)) < 0))
-			die("%s", "socket/bind");
-		if (put(fd, i, s, ctx) < 0) {
+		owners[i] = ops->make(i, ctx);
+		if (ops->put(fd, i, owners[i], ctx) < 0) {
 			if (!first_errno)
 				first_errno = errno;
 			failed++;
-			close(s);
+			ops->drop(i, owners[i], ctx);
+			owners[i] = -1;
 		} else {
 			done++;
 		}
@@ -444,6 +483,40 @@ static void fill_sockets(int fd, uint32_t id, const char *count_arg, const char 
 		close(r);
 	while (!stop)
 		pause();
+	for (uint32_t i = 0; ops->release && i < count; i++)
+		if (owners[i] >= 0)
+			ops->release(i, owners[i], ctx);
+}
+
+// the map PIN for a *-fill command, which must be of map type TYPE
+static int fill_map(const char *pin, int type, struct bpf_map_info *info) {
+	int fd = obj_get(pin);
+	*info = map_info(fd);
+	if ((int)info->type != type) {
+		errno = 0;
+		die("%s is not of the map type this command fills", pin);
+	}
+	return fd;
+}
+
+struct udp_ctx {
+	int bind_it;
+};
+
+static int udp_make(uint32_t i, void *ctx) {
+	(void)i;
+	struct udp_ctx *c = ctx;
+	int s = socket(AF_INET, SOCK_DGRAM, 0);
+	struct sockaddr_in sin = {.sin_family = AF_INET};
+	if (s < 0 || (c->bind_it && bind(s, (struct sockaddr *)&sin, sizeof(sin)) < 0))
+		die("%s", "socket/bind");
+	return s;
+}
+
+static void close_owner(uint32_t i, int owner, void *ctx) {
+	(void)i;
+	(void)ctx;
+	close(owner);
 }
 
 static int sockhash_put(int fd, uint32_t i, int sock, void *ctx) {
@@ -456,32 +529,129 @@ static void cmd_sockhash_fill(int argc, char **argv) {
 	if (argc < 3)
 		die("%s", "usage: sockhash-fill PIN COUNT READYFILE");
 	int fd = obj_get(argv[0]);
-	fill_sockets(fd, map_info(fd).id, argv[1], argv[2], 1, sockhash_put, 0);
+	struct udp_ctx c = {1};
+	const struct owner_ops ops = {udp_make, sockhash_put, close_owner, NULL};
+	fill_owners(fd, map_info(fd).id, strtoul(argv[1], 0, 0), argv[2], &ops, &c);
 }
 
-struct sk_storage_value {
+// Local storage: the element's value is filled with a pattern of i; the map's key is the
+// owner's fd (socket, pidfd, cgroup directory). The first slot of each context is the value.
+struct storage_value {
 	unsigned char *bytes;
 	uint32_t size;
 };
 
-static int sk_storage_put(int fd, uint32_t i, int sock, void *ctx) {
-	struct sk_storage_value *v = ctx;
+static struct storage_value storage_value(const struct bpf_map_info *info) {
+	struct storage_value v = {calloc(1, info->value_size + 8), info->value_size};
+	return v;
+}
+
+static int storage_put(int fd, uint32_t i, int owner, void *ctx) {
+	struct storage_value *v = ctx;
 	for (uint32_t b = 0; b < v->size; b++)
 		v->bytes[b] = (unsigned char)(i + b);
-	return update(fd, &sock, v->bytes, BPF_NOEXIST);  // an sk_storage map's key is the socket's fd
+	return update(fd, &owner, v->bytes, BPF_NOEXIST);
+}
+
+struct sk_storage_ctx {
+	struct storage_value v;  // first: storage_put's view
+	struct udp_ctx udp;
+};
+
+static int sk_make(uint32_t i, void *ctx) {
+	return udp_make(i, &((struct sk_storage_ctx *)ctx)->udp);
 }
 
 static void cmd_sk_storage_fill(int argc, char **argv) {
 	if (argc < 3)
 		die("%s", "usage: sk-storage-fill PIN COUNT READYFILE");
-	int fd = obj_get(argv[0]);
-	struct bpf_map_info info = map_info(fd);
-	if (info.type != BPF_MAP_TYPE_SK_STORAGE) {
-		errno = 0;
-		die("%s is not an sk_storage map", argv[0]);
+	struct bpf_map_info info;
+	int fd = fill_map(argv[0], BPF_MAP_TYPE_SK_STORAGE, &info);
+	struct sk_storage_ctx c = {storage_value(&info), {0}};
+	const struct owner_ops ops = {sk_make, storage_put, close_owner, NULL};
+	fill_owners(fd, info.id, strtoul(argv[1], 0, 0), argv[2], &ops, &c);
+}
+
+struct task_storage_ctx {
+	struct storage_value v;  // first: storage_put's view
+	pid_t *pids;
+};
+
+// a child that only waits to be killed (SIGKILL from release, or mapctl's death)
+static int task_make(uint32_t i, void *ctx) {
+	struct task_storage_ctx *c = ctx;
+	pid_t parent = getpid();
+	pid_t pid = fork();
+	if (pid < 0)
+		die("%s", "fork");
+	if (pid == 0) {
+		signal(SIGTERM, SIG_DFL);
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		if (getppid() != parent)
+			_exit(0);
+		for (;;)
+			pause();
 	}
-	struct sk_storage_value v = {calloc(1, info.value_size + 8), info.value_size};
-	fill_sockets(fd, info.id, argv[1], argv[2], 0, sk_storage_put, &v);
+	c->pids[i] = pid;
+	int pfd = syscall(__NR_pidfd_open, pid, 0);
+	if (pfd < 0)
+		die("%s", "pidfd_open");
+	return pfd;
+}
+
+static void task_release(uint32_t i, int pfd, void *ctx) {
+	struct task_storage_ctx *c = ctx;
+	kill(c->pids[i], SIGKILL);
+	waitpid(c->pids[i], 0, 0);
+	close(pfd);
+}
+
+static void cmd_task_storage_fill(int argc, char **argv) {
+	if (argc < 3)
+		die("%s", "usage: task-storage-fill PIN COUNT READYFILE");
+	struct bpf_map_info info;
+	int fd = fill_map(argv[0], MT_MAP_TYPE_TASK_STORAGE, &info);
+	uint32_t count = strtoul(argv[1], 0, 0);
+	struct task_storage_ctx c = {storage_value(&info), calloc(count + 1, sizeof(pid_t))};
+	const struct owner_ops ops = {task_make, storage_put, task_release, task_release};
+	fill_owners(fd, info.id, count, argv[2], &ops, &c);
+}
+
+struct cgrp_storage_ctx {
+	struct storage_value v;  // first: storage_put's view
+	const char *dir;
+	char path[4096];
+};
+
+static const char *cgrp_path(struct cgrp_storage_ctx *c, uint32_t i) {
+	snprintf(c->path, sizeof(c->path), "%s/c%u", c->dir, i);
+	return c->path;
+}
+
+static int cgrp_make(uint32_t i, void *ctx) {
+	struct cgrp_storage_ctx *c = ctx;
+	if (mkdir(cgrp_path(c, i), 0755) < 0)
+		die("cannot make cgroup %s", c->path);
+	int dfd = open(c->path, O_RDONLY | O_DIRECTORY);
+	if (dfd < 0)
+		die("cannot open cgroup %s", c->path);
+	return dfd;
+}
+
+static void cgrp_release(uint32_t i, int dfd, void *ctx) {
+	struct cgrp_storage_ctx *c = ctx;
+	close(dfd);
+	rmdir(cgrp_path(c, i));
+}
+
+static void cmd_cgrp_storage_fill(int argc, char **argv) {
+	if (argc < 4)
+		die("%s", "usage: cgrp-storage-fill PIN DIR COUNT READYFILE");
+	struct bpf_map_info info;
+	int fd = fill_map(argv[0], MT_MAP_TYPE_CGRP_STORAGE, &info);
+	struct cgrp_storage_ctx c = {storage_value(&info), argv[1], ""};
+	const struct owner_ops ops = {cgrp_make, storage_put, cgrp_release, cgrp_release};
+	fill_owners(fd, info.id, strtoul(argv[2], 0, 0), argv[3], &ops, &c);
 }
 
 int main(int argc, char **argv) {
@@ -512,6 +682,10 @@ int main(int argc, char **argv) {
 		cmd_sockhash_fill(argc, argv);
 	else if (!strcmp(cmd, "sk-storage-fill"))
 		cmd_sk_storage_fill(argc, argv);
+	else if (!strcmp(cmd, "task-storage-fill"))
+		cmd_task_storage_fill(argc, argv);
+	else if (!strcmp(cmd, "cgrp-storage-fill"))
+		cmd_cgrp_storage_fill(argc, argv);
 	else {
 		fprintf(stderr, "mapctl: unknown command %s\n", cmd);
 		return 2;
