@@ -74,9 +74,10 @@ def build_mapctl() -> Path:
         return out
     gcc = _which("gcc")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_src = out.with_suffix(".c")
+    # names of this process's own: two lab runs may build the same source at once
+    tmp_src = out.with_name(f"{out.name}.{os.getpid()}.c")
     tmp_src.write_bytes(src)
-    tmp_out = out.with_suffix(".tmp")
+    tmp_out = out.with_name(f"{out.name}.{os.getpid()}.tmp")
     r = subprocess.run([gcc, "-static", "-O2", "-Wall", "-o", str(tmp_out), str(tmp_src)], capture_output=True, text=True)
     tmp_src.unlink()
     if r.returncode != 0:
