@@ -144,6 +144,38 @@ def test_latency_format_line():
     assert any("report -l" in w for w in st.warnings)
 
 
+# `trace-cmd report` and `report -R` of one trace.dat (the force scenario recorded on 6.1 with
+# the default probes' tracepoints), unmodified: the same three events
+PLAIN_AND_RAW_GFP = [
+    (b"memtrace-tc:            sleep-184   [000]  4483661041: mm_page_alloc:        page=0xffffffffb379a99e "
+     b"pfn=0x252e order=1 migratetype=0 gfp_flags=GFP_KERNEL_ACCOUNT|__GFP_ZERO\n",
+     b"memtrace-tc:            sleep-184   [000]  4483661041: mm_page_alloc:         pfn=0x252e order=1 "
+     b"gfp_flags=0x400dc0 migratetype=0\n", True),
+    (b"memtrace-tc:            sleep-184   [000]  4483808711: kmalloc:              (security_prepare_creds+0xc5) "
+     b"call_site=security_prepare_creds+0xc5 ptr=0xffff8992011c2960 bytes_req=16 bytes_alloc=16 "
+     b"gfp_flags=GFP_KERNEL_ACCOUNT|__GFP_ZERO node=-1 accounted=true\n",
+     b"memtrace-tc:            sleep-184   [000]  4483808711: kmalloc:               call_site=security_prepare_creds+0xc5 "
+     b"ptr=0xffff8992011c2960 bytes_req=16 bytes_alloc=16 gfp_flags=0x400dc0 node=-1\n", True),
+    (b"memtrace-tc:        trace-cmd-183   [001]  4485109081: kmalloc:              (show_header+0x3b) "
+     b"call_site=show_header+0x3b ptr=0xffff89921ca5c000 bytes_req=4136 bytes_alloc=8192 gfp_flags=GFP_KERNEL "
+     b"node=-1 accounted=false\n",
+     b"memtrace-tc:        trace-cmd-183   [001]  4485109081: kmalloc:               call_site=show_header+0x3b "
+     b"ptr=0xffff89921ca5c000 bytes_req=4136 bytes_alloc=8192 gfp_flags=0xcc0 node=-1\n", False),
+]
+
+
+@pytest.mark.parametrize("plain, raw, accounted", PLAIN_AND_RAW_GFP, ids=["mm_page_alloc", "kmalloc-account", "kmalloc"])
+def test_raw_gfp_number_gives_accounted(plain, raw, accounted):
+    """-R prints gfp_flags as a number and no `accounted=`: read as `gfp`, whose
+    __GFP_ACCOUNT bit gives `accounted`, as the flag names and `accounted=` do."""
+    p, _ = _one(b"cpus=2\n" + plain)
+    r, _ = _one(b"cpus=2\n" + raw)
+    assert bool(p["accounted"]) is bool(r["accounted"]) is accounted
+    assert pd.isna(r["gfp_flags"]) and int(r["gfp"]) == int(raw.split(b"gfp_flags=")[1].split()[0], 16)
+    for c in ("ts_ns", "event", "bytes", "bytes_req", "ptr", "pfn", "order", "pages", "call_site"):
+        assert (pd.isna(p[c]) and pd.isna(r[c])) or p[c] == r[c], c
+
+
 def test_crlf_line_ends():
     e, _ = _one(KFREE_PLUGIN.replace(b"\n", b"\r\n"))
     assert (str(e["event"]), int(e["ptr"]), str(e["call_site"])) == ("kmem:kfree", 0, "tomoyo_check_open_permission+0x107")
@@ -180,8 +212,9 @@ def _report(kernel: str, flags: list[str], dest: Path) -> Path:
 
 
 @needs_trace_cmd
-@pytest.mark.parametrize("flags", [[], ["-N"], ["-t", "-N"], ["-l"], ["-l", "-t", "-N"]],
-                         ids=["plugins", "-N", "-t-N", "-l", "-l-t-N"])
+@pytest.mark.parametrize("flags", [[], ["-N"], ["-t", "-N"], ["-l"], ["-l", "-t", "-N"], ["-R"], ["--ts-diff"],
+                                   ["-l", "--ts-diff", "-R"]],
+                         ids=["plugins", "-N", "-t-N", "-l", "-l-t-N", "-R", "--ts-diff", "-l--ts-diff-R"])
 @pytest.mark.parametrize("kernel", ["6.1", "6.12"])
 def test_report_text_reads_as_the_trace_dat(kernel, flags, tmp_path):
     dat, sd = load_trace(str(CAPTURES / f"force-{kernel}.trace.dat"))

@@ -42,6 +42,11 @@ the trace.dat itself (its kallsyms, its event formats):
 * ``-l`` (latency format, text only): ``comm-pid  CPUflags  ts: event: ...`` (``trace-cm-241
   0.....  5587581291: kfree: ...``), comm cut to 8 characters and the CPU number run into the
   flags, is rewritten to ``comm-pid [CPU] flags ts:``; comm stays cut (a warning says so).
+* ``--ts-diff`` (text only): the ``(+DIFF)`` after each timestamp is dropped.
+* ``-R`` (raw fields): a kprobe's ``__probe_ip=IP`` (``__probe_func=F __probe_ret_ip=R``) is
+  read as ``(IP)`` (``(F <- R)``), a marker's ``ip=tracing_mark_write buf=TEXT`` as
+  ``tracing_mark_write: TEXT``, and a ``gfp_flags=0x...`` number (``-R`` prints no flag names)
+  as ``gfp=0x...``, so ``accounted`` comes from its ``__GFP_ACCOUNT`` bit.
 * Kprobe groups: text names a kprobe event without its group; a trace.dat stores it
   (``report -E`` lists system:event), so ``memtrace:pc_try_charge`` needs no lab meta.json.
   Text takes them from the caller (load_trace: a lab meta.json beside the file), then from
@@ -79,11 +84,20 @@ def parse_report_text(data: bytes, *, path: str = "<buffer>", kprobe_groups=None
     ``kprobes``, the kernel's default)."""
     groups = {**probe_definition_groups(), **(kprobe_groups or {})}
     kinds = EventKinds(kprobe_names=set(groups))
-    data, latency = from_latency_format(data)
+    data, latency = from_latency_format(_without_ts_diff(data))
     df, st = parse_ftrace_text(to_tracefs_text(data, kinds), path=path, fmt=detect.TRACECMD_REPORT, kprobe_groups=groups)
     if latency:
         st.warn(f"{path}: `trace-cmd report -l` text: comm is cut to 8 characters there, and stays so")
     return df, st
+
+
+#: `--ts-diff`: "(+DIFF)" and its padding after the timestamp (only padding on a CPU's first line)
+_TS_DIFF = re.compile(rb"(\d:) +(?:\(\+[\d.]+\) +)?(?=[^\s:]+: )")
+
+
+def _without_ts_diff(data: bytes) -> bytes:
+    """`trace-cmd report --ts-diff` text without the diffs (decided on the first 64 KiB)."""
+    return _TS_DIFF.sub(rb"\1 ", data) if b": (+" in data[:65536] else data
 
 
 #: an ordinary event line's [cpu]
@@ -320,11 +334,33 @@ def to_tracefs_text(data: bytes, kinds: EventKinds, *, symbols: "_Symbols | None
     tracefs' ``(func+0x0/0x60)`` does), a kretprobe's ``(FUNC <- RET)`` ``(0xRET <- 0xFUNC)``
     (tracefs' order), and call sites keep trace-cmd's ``sym+0xoff`` (no ``/0xsize``)."""
     data, _ = strip_buffer_prefixes(data, [n.encode() for n in buffers or ()])
+    data = _from_raw_fields(data)
     data = _sub_rare(data, b": print: ", _MARKER, lambda m: b": " + m.group(1))
     data = _NIL.sub(b"=0x0", data)
     if symbols is not None:
         data = _CALL_SITE.sub(_call_sites(symbols), data)
     return _prefixes(data, kinds, symbols)
+
+
+#: `report -R` (raw fields) spellings: a kprobe's and a kretprobe's ip fields right after the
+#: event name, a marker's fields, a gfp number
+_RAW_KPROBE = re.compile(rb"(: +)__probe_ip=([0-9a-f]{16})(?=[ \r\n])")
+_RAW_KRETPROBE = re.compile(rb"(: +)__probe_func=([0-9a-f]{16}) __probe_ret_ip=([0-9a-f]{16})(?=[ \r\n])")
+_RAW_MARKER = re.compile(rb": print: +ip=\S+ buf=")
+_RAW_GFP = re.compile(rb" gfp_flags=(0x[0-9a-f]+)(?=[ \r\n])")
+
+
+def _from_raw_fields(data: bytes) -> bytes:
+    """`trace-cmd report -R` text in the spelling of `trace-cmd report` (module docstring);
+    each rewrite only runs when its field name is in the text."""
+    if b"__probe_ip=" in data:
+        data = _RAW_KPROBE.sub(rb"\1(\2)", data)
+    if b"__probe_ret_ip=" in data:
+        data = _RAW_KRETPROBE.sub(rb"\1(\2 <- \3)", data)
+    data = _sub_rare(data, b": print: ", _RAW_MARKER, lambda m: b": tracing_mark_write: ")
+    if b" gfp_flags=0x" in data:
+        data = _RAW_GFP.sub(rb" gfp=\1", data)
+    return data
 
 
 def _sub_rare(data: bytes, needle: bytes, rx: re.Pattern, repl) -> bytes:
