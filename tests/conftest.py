@@ -76,3 +76,46 @@ def session_run(name: str, kernel: str, root: Path, done: str, make) -> Path:
             make(out)
             _session_runs[key] = out
     return _session_runs[key]
+
+
+def snapshot_vmcore(out: Path, vmlinux: Path, scan_path: str, extra=None) -> None:
+    """`memtrace snapshot` of OUT/vmcore as a user runs it: --json into snapshot.json, -o
+    snapshot.zip (the full allocations table), its exit status and stderr in snapshot.rc;
+    then a charge scan of everything charged to the memcg at ``scan_path`` (its objcgs and
+    its LRU folios) into owner-charges.json. ``extra(prog)``, if given, reads more from
+    the same vmcore; its JSON-able answer goes to vmcore-extra.json."""
+    import subprocess
+    import sys
+
+    r = subprocess.run(
+        [sys.executable, "-m", "memtrace", "snapshot", "--vmcore", str(out / "vmcore"),
+         "--vmlinux", str(vmlinux), "--json", "-o", str(out / "snapshot.zip")],
+        capture_output=True, text=True, timeout=600,
+    )
+    (out / "snapshot.json").write_text(r.stdout)
+    (out / "snapshot.rc").write_text(f"{r.returncode}\n{r.stderr}")
+    from memtrace.sources.kernel import memcg as km
+    from memtrace.sources.kernel.charges import charges_scan
+    from memtrace.sources.snapshot import open_target
+
+    prog, _ = open_target(vmcore=out / "vmcore", vmlinux=Path(vmlinux))
+    (m,) = [m for m in km.memcg_for_each(prog) if km.memcg_path(m) == scan_path]
+    scan = charges_scan(prog, {o.value_() for o in km.memcg_objcgs_for_each(m)}, {m.value_()})
+    (out / "owner-charges.json").write_text(json.dumps(scan, default=int))
+    if extra is not None:
+        (out / "vmcore-extra.json").write_text(json.dumps(extra(prog), default=int))
+
+
+def charges_beyond(scan: list[dict], allocations) -> dict[tuple[str, str], int]:
+    """What a charge scan (owner-charges.json) found beyond ``allocations`` (snapshot
+    allocation rows): {(kind, slab cache): bytes}. Asserts no cache holds less than the
+    rows charge to it."""
+    a = allocations[(allocations["charged_bytes"] > 0) & allocations["kind"].eq("slab_object")]
+    mine = a.groupby("slab_cache")["charged_bytes"].sum()
+    others = {}
+    for q in scan:
+        extra = q["bytes"] - (int(mine.get(q["cache"], 0)) if q["kind"] == "slab_object" else 0)
+        assert extra >= 0, q
+        if extra:
+            others[(q["kind"], q["cache"])] = extra
+    return others

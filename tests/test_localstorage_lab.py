@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import warnings
 from functools import lru_cache
 from pathlib import Path
@@ -39,6 +37,7 @@ from memtrace.sources.trace import capture as capmod
 from memtrace.sources.trace import load_trace
 from memtrace.tables.events import PAGE_SIZE
 from memtrace.tables.lab_truth import load_truth
+from conftest import charges_beyond, snapshot_vmcore
 
 KERNELS = ("6.1", "6.12")
 SCENARIO = Path(__file__).resolve().parent.parent / "memtrace" / "lab" / "scenarios" / "localstorage.sh"
@@ -112,32 +111,12 @@ class Runs:
             run(str(script), kernel, out, kprobe_events=probedefs.render_kprobe_events(ps), vmcore=True, force=True)
         if (out / "vmcore").exists():  # a reused run keeps its vmcore: snapshot it with this code
             try:
-                self._snapshot(kernel, out)
+                snapshot_vmcore(out, Path(_kernel(kernel).vmlinux), "/pod/owner")
             finally:
                 if self.reuse is None:
                     (out / "vmcore").unlink(missing_ok=True)  # 512 MiB
         self._done[kernel] = out
         return out
-
-    @staticmethod
-    def _snapshot(kernel: str, out: Path) -> None:
-        """`memtrace snapshot` of the vmcore (as a user runs it: --json, and -o for the full
-        allocations table), and a charge scan of /pod/owner's objcgs for the residual."""
-        r = subprocess.run(
-            [sys.executable, "-m", "memtrace", "snapshot", "--vmcore", str(out / "vmcore"),
-             "--vmlinux", str(_kernel(kernel).vmlinux), "--json", "-o", str(out / "snapshot.zip")],
-            capture_output=True, text=True, timeout=600,
-        )
-        (out / "snapshot.json").write_text(r.stdout)
-        (out / "snapshot.rc").write_text(f"{r.returncode}\n{r.stderr}")
-        from memtrace.sources.kernel import memcg as km
-        from memtrace.sources.kernel.charges import charges_scan
-        from memtrace.sources.snapshot import open_target
-
-        prog, _ = open_target(vmcore=out / "vmcore", vmlinux=Path(_kernel(kernel).vmlinux))
-        (m,) = [m for m in km.memcg_for_each(prog) if km.memcg_path(m) == "/pod/owner"]
-        scan = charges_scan(prog, {o.value_() for o in km.memcg_objcgs_for_each(m)}, {m.value_()})
-        (out / "owner-charges.json").write_text(json.dumps(scan, default=int))
 
     def tables(self, kernel: str) -> dict:
         if kernel not in self._tables:
@@ -379,13 +358,7 @@ def test_snapshot_attributes_elements_and_storages_to_the_maps_memcg(runs, kerne
     leftovers = owner["objcg_charged_bytes"] + owner["obj_stock_bytes"] + owner["stock_bytes"]
     scan = t["owner_charges"]
     assert sum(q["bytes"] for q in scan) + leftovers == cur, (scan, leftovers, cur)  # everything found
-    mine = a[(a["charged_bytes"] > 0) & a["kind"].eq("slab_object")].groupby("slab_cache")["charged_bytes"].sum()
-    others = {}
-    for q in scan:
-        extra = q["bytes"] - (int(mine.get(q["cache"], 0)) if q["kind"] == "slab_object" else 0)
-        assert extra >= 0, q
-        if extra:
-            others[(q["kind"], q["cache"])] = extra
+    others = charges_beyond(scan, a)
     residual = cur - m["charged_bytes"] - leftovers
     assert residual == sum(others.values()), (residual, others)
     print(f"\n{kernel}: memory.current {cur:,} = map {m['charged_bytes']:,} + leftovers {leftovers:,} "
