@@ -134,7 +134,7 @@ def _tables(kernel: str, root: Path) -> dict:
     ev["step_name"] = [names[i] for i in at]
     return dict(
         ev=ev, trace_stats=st,
-        dir=d, raw=raw, maps=maps, fills=fills, notes=raw["notes"],
+        dir=d, raw=raw, maps=maps, cpus=json.loads((d / "meta.json").read_text())["guest"]["cpus"], fills=fills, notes=raw["notes"],
         rc=(d / "snapshot.rc").read_text(), snapshot=json.loads((d / "snapshot.json").read_text() or "{}"),
         alloc=snap.allocations, scan=json.loads((d / "owner-charges.json").read_text()),
         ma={int(k): v for k, v in json.loads((d / "vmcore-extra.json").read_text()).items()},
@@ -289,12 +289,13 @@ def test_each_fill_step_raises_owner_by_what_the_map_then_holds(root, kernel):
     """The rise of /pod/owner's memory.current over a fill step is the map's elements,
     storages and (6.12) cached objects at the end, less what creating the map charged
     already (the prefill: the create step's alloc_bulk objects that are the map's; 6.1:
-    none). memory.current moves in whole pages and owner's objcg holds under a page of
-    pre-charged bytes at each reading, so the two agree within a page either way, less what
-    the create step's mapctl processes had charged owner and was freed only after that
-    step's reading. Seen over 3 runs of each kernel (delta - expected): 6.1 -5,312, -5,312,
-    -1,216 B (expected/delta 104.6%, 104.6%, 101.0%); 6.12 task storage -2,048, -768,
-    -2,048 B, cgroup storage -256 B three times (100.45-101.35%)."""
+    none). memory.current moves in whole pages, and bytes charged ahead are there at the
+    step's start for the fill to use: each CPU's obj_stock (under a page) and the objcg's
+    nr_charged_bytes (under a page). So the rise is at most a page above what the map holds,
+    and less than (CPUs + 1) pages below. The scenario settles owner after creating the maps,
+    so that the mapctl processes' own late frees do not land in the fill step. Seen (delta -
+    expected) over 7 runs of each kernel: 6.1 -5,312 (3x), -1,216 (4x); 6.12 task storage
+    -6,144, -2,048 (4x), -768 (2x), cgroup storage -256 (7x)."""
     t = _tables(kernel, root)
     raw = t["raw"]
     prefilled = _kmallocs(t, "alloc_bulk", ["create"])["ptr"]
@@ -308,7 +309,7 @@ def test_each_fill_step_raises_owner_by_what_the_map_then_holds(root, kernel):
         expected = held - prefill
         print(f"\n{kernel} {step}: memory.current +{delta:,}; map holds {held:,} - prefill {prefill:,} = {expected:,} "
               f"({100 * expected / delta:.2f}%)")
-        assert -2 * PAGE < delta - expected <= PAGE, (delta, expected)
+        assert -(t["cpus"] + 1) * PAGE < delta - expected <= PAGE, (delta, expected)
         prev = step
 
 
