@@ -1,17 +1,28 @@
-"""Task and cgroup storage on real kernels: local storage through bpf_mem_alloc (6.12).
+"""Task, cgroup and inode storage on real kernels: local storage through bpf_mem_alloc
+(6.12) and through bpf_map_kzalloc.
 
 The built-in `taskstorage` scenario (memtrace/lab/scenarios/taskstorage.sh) creates a
-task_storage map and (6.2+) a cgrp_storage map in /pod/owner; a mapctl in /pod/user forks
-300 children and gives each an element (key: a pidfd), another makes 100 cgroups under
-/pod/user and gives each an element (key: the directory's fd); both hold them to the end.
+task_storage map, (6.2+) a cgrp_storage map and (BPF LSM) an inode_storage map in
+/pod/owner; a mapctl in /pod/user forks 300 children and gives each an element (key: a
+pidfd), another makes 100 cgroups under /pod/user and gives each an element (key: the
+directory's fd), a third creates 211 empty files on a tmpfs and gives each file's inode an
+element (key: an fd of the file); all hold them to the end.
 
-On 6.12 both map types set ``smap->bpf_ma`` (task_storage_map_alloc and the cgrp storage's
-cgroup_storage_map_alloc pass bpf_ma = 1 to bpf_local_storage_map_alloc; sk storage passes
-0): elements and each owner's ``bpf_local_storage`` come from the map's ``selem_ma`` and
-``storage_ma``, whose per-CPU free lists hold charged objects no owner uses. This is the
-only lab run in which the snapshot's ``_bpf_ma`` walk meets a local-storage map. On 6.1
-task storage allocates both with bpf_map_kzalloc and there is no cgroup storage (the
-kernel refuses map type 32 with EINVAL; the scenario notes it and goes on).
+On 6.12 task and cgroup storage set ``smap->bpf_ma`` (task_storage_map_alloc and the cgrp
+storage's cgroup_storage_map_alloc pass bpf_ma = 1 to bpf_local_storage_map_alloc; sk and
+inode storage pass 0: Debian 6.12.117 ``bpf_inode_storage.c:194``, ``xor %edx,%edx`` before
+the tail call): elements and each owner's ``bpf_local_storage`` come from the map's
+``selem_ma`` and ``storage_ma``, whose per-CPU free lists hold charged objects no owner
+uses. This is the only lab run in which the snapshot's ``_bpf_ma`` walk meets a
+local-storage map. Inode storage allocates both with bpf_map_kzalloc (``bpf_selem_alloc``
+``bpf_local_storage.c:97``, ``bpf_local_storage_alloc`` ``:466``; GFP_ATOMIC from
+``bpf_fd_inode_storage_update_elem`` ``bpf_inode_storage.c:100``), as 6.1 does for every
+local-storage type (``bpf_local_storage.c:83`` and ``:315``). On 6.1 there is no cgroup
+storage (the kernel refuses map type 32 with EINVAL; the scenario notes it and goes on).
+Both Debian kernels have CONFIG_BPF_LSM=y with ``bpf`` in CONFIG_LSM, and both carry the
+stable fix that makes inode_storage_map_alloc refuse (EOPNOTSUPP) when the BPF LSM was not
+initialized at boot (``bpf_lsm_initialized``: 6.1 ``bpf_inode_storage.c:215``, 6.12
+``:192``); in the lab it is, and the map is created on both.
 
 One guest run per kernel with a vmcore, read once by `memtrace snapshot` (plus a charge
 scan of /pod/owner and the kernel's own per-CPU free counts of each bpf_mem_alloc), then
@@ -35,7 +46,9 @@ from memtrace.sources.trace import load_trace
 
 pytestmark = pytest.mark.lab
 
-TASKS, CGROUPS, VALUE_SIZE = 300, 100, 60  # as in taskstorage.sh
+TASKS, CGROUPS, FILES, VALUE_SIZE = 300, 100, 211, 60  # as in taskstorage.sh
+#: the local-storage maps whose map_alloc passes bpf_ma = true on 6.12 (none on 6.1)
+BPF_MA_TYPES = {"task_storage", "cgrp_storage"}
 #: the lists of a bpf_mem_cache that hold objects (6.12); free_cnt counts free_llist only
 MA_LISTS = ("free_llist", "free_llist_extra", "free_by_rcu", "waiting_for_gp", "free_llist_extra_rcu",
             "free_by_rcu_ttrace", "waiting_for_gp_ttrace")
@@ -60,9 +73,14 @@ def _bpf_ma_state(prog) -> dict:
     """The kernel's own view of each local-storage map's allocators, per map id: ``bpf_ma``
     (None: the kernel has no such member) and, for ``selem_ma`` and ``storage_ma``, each
     possible CPU's cache: unit_size, free_cnt (the count of free_llist the kernel keeps),
-    the watermarks, and which lists are not empty."""
-    from drgn import container_of
+    the watermarks, and which lists are not empty (an empty list: the bpf_mem_alloc was
+    never initialised). For inode storage also ``owners``: each element's inode, found
+    through drgn's list helpers rather than memtrace's walk (filesystem, path, size, page
+    cache pages)."""
+    from drgn import cast, container_of
     from drgn.helpers.linux.cpumask import for_each_possible_cpu
+    from drgn.helpers.linux.fs import inode_path
+    from drgn.helpers.linux.list import hlist_for_each_entry
     from drgn.helpers.linux.percpu import per_cpu_ptr
 
     from memtrace.sources.kernel.bpf import LOCAL_STORAGE_TYPES, bpf_map_type_name, bpf_maps
@@ -72,10 +90,20 @@ def _bpf_ma_state(prog) -> dict:
         if bpf_map_type_name(m) not in LOCAL_STORAGE_TYPES:
             continue
         smap = container_of(m, "struct bpf_local_storage_map", "map")
+        d = {}
+        if bpf_map_type_name(m) == "inode_storage":
+            d["owners"] = []
+            for b in range(1 << smap.bucket_log.value_()):
+                head = smap.buckets[b].list.address_of_()
+                for selem in hlist_for_each_entry("struct bpf_local_storage_elem", head, "map_node"):
+                    ino = cast("struct inode *", selem.local_storage.owner)
+                    d["owners"].append({"fs": ino.i_sb.s_type.name.string_().decode(),
+                                        "path": (inode_path(ino) or b"").decode(),
+                                        "size": ino.i_size.value_(), "pages": ino.i_mapping.nrpages.value_()})
         try:
-            d = {"bpf_ma": bool(smap.bpf_ma)}
+            d["bpf_ma"] = bool(smap.bpf_ma)
         except AttributeError:
-            out[m.id.value_()] = {"bpf_ma": None}
+            out[m.id.value_()] = {**d, "bpf_ma": None}
             continue
         for ma in ("selem_ma", "storage_ma"):
             cache = getattr(smap, ma).cache
@@ -121,7 +149,7 @@ def _tables(kernel: str, root: Path) -> dict:
     maps = {m["type"]: m["id"] for m in raw["maps_created"]}
     fills = {}
     for note in raw["notes"]:
-        m = re.match(r"(task|cgrp)-storage-fill: id=(\d+) done=(\d+) failed=(\d+) errno=(-?\d+)", note)
+        m = re.match(r"(task|cgrp|inode)-storage-fill: id=(\d+) done=(\d+) failed=(\d+) errno=(-?\d+)", note)
         if m:
             fills[f"{m[1]}_storage"] = dict(id=int(m[2]), done=int(m[3]), failed=int(m[4]), errno=int(m[5]))
     snap = load(d / "snapshot.zip")
@@ -152,7 +180,12 @@ def _current(raw: dict, step: str, path: str = "/pod/owner") -> int:
 
 
 def _map_types(kernel: str) -> tuple[str, ...]:
-    return {"6.1": ("task_storage",), "6.12": ("task_storage", "cgrp_storage")}[kernel]
+    """The maps, in the order of their fill steps."""
+    return {"6.1": ("task_storage", "inode_storage"), "6.12": ("task_storage", "cgrp_storage", "inode_storage")}[kernel]
+
+
+def _uses_bpf_ma(kernel: str, mtype: str) -> bool:
+    return kernel != "6.1" and mtype in BPF_MA_TYPES
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
@@ -160,6 +193,9 @@ def test_every_owner_got_its_element_and_6_1_refuses_cgroup_storage(root, kernel
     t = _tables(kernel, root)
     assert set(t["maps"]) == set(_map_types(kernel))
     assert t["fills"]["task_storage"] == dict(id=t["maps"]["task_storage"], done=TASKS, failed=0, errno=0)
+    # both kernels have the BPF LSM: inode storage is created and filled
+    assert not any("inode_storage: unsupported" in n for n in t["notes"]), t["notes"]
+    assert t["fills"]["inode_storage"] == dict(id=t["maps"]["inode_storage"], done=FILES, failed=0, errno=0)
     if kernel == "6.1":
         # map_create: map type 32 is past the kernel's last type, EINVAL
         assert any("cgrp_storage: unsupported" in n and "new in 6.2" in n and "Invalid argument" in n for n in t["notes"]), t["notes"]
@@ -168,6 +204,21 @@ def test_every_owner_got_its_element_and_6_1_refuses_cgroup_storage(root, kernel
         assert t["fills"]["cgrp_storage"] == dict(id=t["maps"]["cgrp_storage"], done=CGROUPS, failed=0, errno=0)
         last = t["raw"]["steps"][-1]["cgroups"]
         assert sum(1 for p in last if re.fullmatch(r"/pod/user/c\d+", p)) == CGROUPS
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_inode_storage_elements_are_the_files_inodes(root, kernel):
+    """Each inode_storage element belongs to one of the 211 files f<i> the fill created on
+    its tmpfs (read through the kernel's own lists in the vmcore: element ->
+    local_storage->owner, an inode), every one empty with no page-cache page: the map's
+    element count is the fill's done=, and none of the files' memory is in the map's."""
+    t = _tables(kernel, root)
+    owners = t["ma"][t["maps"]["inode_storage"]]["owners"]
+    assert len(owners) == t["fills"]["inode_storage"]["done"] == FILES
+    assert sorted(o["path"].lstrip("/") for o in owners) == sorted(f"f{i}" for i in range(FILES))
+    assert {o["fs"] for o in owners} == {"tmpfs"} and {(o["size"], o["pages"]) for o in owners} == {(0, 0)}
+    r = _roles(t, "inode_storage")
+    assert len(r["element"]) == len(r["local_storage"]) == FILES
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
@@ -193,11 +244,12 @@ def _roles(t: dict, mtype: str) -> dict[str, pd.DataFrame]:
 
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_one_element_and_one_storage_per_owner_charged_to_the_maps_memcg(root, kernel):
-    """Each filled task (cgroup) has one element in the map and one bpf_local_storage,
-    listed under this map (on 6.12 its ``smap`` names it): each a kmalloc-cg-192 object
-    (element 72 + 60 = 132 B, storage 168 B on 6.1 and 176 B on 6.12; through bpf_mem_alloc
-    each is 8 B larger, still 192), charged 200 B to /pod/owner, whose tasks never touched
-    them: the updates ran in /pod/user."""
+    """Each filled task (cgroup, inode) has one element in the map and one
+    bpf_local_storage, listed under this map (on 6.12 its ``smap`` names it): each a
+    kmalloc-cg-192 object (element 72 + 60 = 132 B, storage 168 B on 6.1 and 176 B on 6.12;
+    through bpf_mem_alloc each is 8 B larger, still 192), charged 200 B to /pod/owner, whose
+    tasks never touched them: the updates ran in /pod/user. Seen on both kernels: 300 (100,
+    211) of each, 200 B apiece."""
     t = _tables(kernel, root)
     ty = _types(kernel)
     selem = ty.offsetof("struct bpf_local_storage_elem", "sdata") + ty.offsetof("struct bpf_local_storage_data", "data") + VALUE_SIZE
@@ -219,7 +271,9 @@ def test_one_element_and_one_storage_per_owner_charged_to_the_maps_memcg(root, k
 
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_bpf_mem_alloc_free_lists_on_6_12_none_on_6_1(root, kernel):
-    """6.12: smap->bpf_ma is set for both maps; each bpf_mem_alloc has one cache per CPU
+    """6.12: smap->bpf_ma is set for task and cgroup storage, not for inode storage, whose
+    selem_ma and storage_ma were never initialised (no per-CPU caches: seen on 6.12.117) and
+    which has no cached objects. Each bpf_mem_alloc of a bpf_ma map has one cache per CPU
     (unit_size = the object + 8 B llist_node: 140 and 184 B); the walk lists as
     ``bpf_ma_cached`` exactly the objects the kernel counts in each CPU's free_cnt (when
     its other lists are empty), all kmalloc-cg-192 charged to /pod/owner, none of them an
@@ -231,7 +285,11 @@ def test_bpf_mem_alloc_free_lists_on_6_12_none_on_6_1(root, kernel):
         r = _roles(t, mtype)
         st = t["ma"][mid]
         if kernel == "6.1":
-            assert st == {"bpf_ma": None}
+            assert {k: v for k, v in st.items() if k != "owners"} == {"bpf_ma": None}
+            assert set(r) == {"map_struct", "buckets", "element", "local_storage"}, set(r)
+            continue
+        if not _uses_bpf_ma(kernel, mtype):
+            assert (st["bpf_ma"], st["selem_ma"], st["storage_ma"]) == (False, [], [])
             assert set(r) == {"map_struct", "buckets", "element", "local_storage"}, set(r)
             continue
         assert st["bpf_ma"] is True
@@ -295,7 +353,9 @@ def test_each_fill_step_raises_owner_by_what_the_map_then_holds(root, kernel):
     and less than (CPUs + 1) pages below. The scenario settles owner after creating the maps,
     so that the mapctl processes' own late frees do not land in the fill step. Seen (delta -
     expected) over 7 runs of each kernel: 6.1 -5,312 (3x), -1,216 (4x); 6.12 task storage
-    -6,144, -2,048 (4x), -768 (2x), cgroup storage -256 (7x)."""
+    -6,144, -2,048 (4x), -768 (2x), cgroup storage -256 (7x). Inode storage (211 files,
+    84,400 B held, no prefill on either kernel), over 4 runs of each kernel: 6.1 +1,616
+    (4x; and task storage -5,312 in all 4); 6.12 +1,616 (3x), -2,480."""
     t = _tables(kernel, root)
     raw = t["raw"]
     prefilled = _kmallocs(t, "alloc_bulk", ["create"])["ptr"]
@@ -335,38 +395,46 @@ def _ints(col: pd.Series) -> list[int]:
 def test_the_trace_saw_every_listed_object_allocated(root, kernel):
     """kmem:kmalloc in the guest's trace, against the vmcore walk: every element, storage
     and cached object the snapshot lists was allocated in the run, by the call site the
-    kernel's version implies, and nothing else was. 6.1: bpf_map_kzalloc (GFP_ATOMIC, from
-    the update syscall), 132 and 168 B requested, one of each per task. 6.12: alloc_bulk
-    only (bpf_mem_alloc; no bpf_map_kzalloc at all): the prefill when each map is created
-    (GFP_KERNEL, 4 objects per CPU and bpf_mem_alloc), then refills of 48 (the batch) from
-    irq_work in the filling mapctl's context (GFP_NOWAIT); selem_ma's objects are 132 + 8 =
-    140 B requested, storage_ma's 176 + 8 = 184 B. Nothing was freed, so the allocations of
-    the create and fill steps are exactly the objects the walk found."""
+    kernel's version and the map type imply, and nothing else was. bpf_map_kzalloc (6.1:
+    every map; 6.12: inode storage): GFP_ATOMIC, from the update syscall in the map's fill
+    step, 132 B (element) and 168 B (6.1) or 176 B (6.12) (storage) requested, one of each
+    per owner. alloc_bulk (6.12 task and cgroup storage: bpf_mem_alloc): the prefill when
+    each map is created (GFP_KERNEL, 4 objects per CPU and bpf_mem_alloc), then refills of
+    48 (the batch) from irq_work in the filling mapctl's context (GFP_NOWAIT); selem_ma's
+    objects are 132 + 8 = 140 B requested, storage_ma's 176 + 8 = 184 B. Nothing was freed,
+    so the allocations of the create and fill steps are exactly the objects the walk found."""
     t = _tables(kernel, root)
     assert t["trace_stats"].lost_events == 0
-    steps = ["create"] + [f"{m}-filled" for m in _map_types(kernel)]
-    objs = {m: _objects(t, m) for m in _map_types(kernel)}
-    if kernel == "6.1":
-        assert _kmallocs(t, "alloc_bulk", steps).empty
-        kz = _kmallocs(t, "bpf_map_kzalloc", steps)
-        assert set(kz["step_name"]) == {"task_storage-filled"} and set(kz["comm"].astype(str)) == {"mapctl"}
-        assert kz["bytes_req"].astype(int).value_counts().to_dict() == {132: TASKS, 168: TASKS}
-        assert set(kz["bytes"].astype(int)) == {192}
-        assert set(kz["gfp_flags"].astype(str)) == {"GFP_ATOMIC|__GFP_NOWARN|__GFP_ZERO|__GFP_ACCOUNT"}
-        assert set(kz["ptr"]) == objs["task_storage"]
-        r = _roles(t, "task_storage")
-        assert set(kz[kz["bytes_req"] == 132]["ptr"]) == set(_ints(r["element"]["address"]))
-        return
-    assert _kmallocs(t, "bpf_map_kzalloc", steps).empty
+    types = _map_types(kernel)
+    steps = ["create"] + [f"{m}-filled" for m in types]
+    objs = {m: _objects(t, m) for m in types}
+    storage = {"6.1": 168, "6.12": 176}[kernel]
+    kz = _kmallocs(t, "bpf_map_kzalloc", steps)
+    assert set(kz["comm"].astype(str)) == {"mapctl"} and set(kz["bytes"].astype(int)) == {192}
+    # GFP_ATOMIC: __GFP_HIGH (may force-charge over memory.max)
+    assert set(kz["gfp_flags"].astype(str)) == {"GFP_ATOMIC|__GFP_NOWARN|__GFP_ZERO|__GFP_ACCOUNT"}
+    kz_maps = [m for m in types if not _uses_bpf_ma(kernel, m)]
+    assert set(kz["ptr"]) == set().union(*(objs[m] for m in kz_maps))
+    for mtype in kz_maps:
+        n = t["fills"][mtype]["done"]
+        mine = kz[kz["ptr"].isin(objs[mtype])]
+        assert set(mine["step_name"]) == {f"{mtype}-filled"}
+        assert mine["bytes_req"].astype(int).value_counts().to_dict() == {132: n, storage: n}
+        r = _roles(t, mtype)
+        assert set(mine[mine["bytes_req"] == 132]["ptr"]) == set(_ints(r["element"]["address"]))
+    ma_maps = [m for m in types if _uses_bpf_ma(kernel, m)]
     ab = _kmallocs(t, "alloc_bulk", steps)
+    if not ma_maps:
+        assert ab.empty
+        return
     assert set(ab["comm"].astype(str)) == {"mapctl"} and set(ab["bytes"].astype(int)) == {192}
     ptrs = ab["ptr"]
-    assert ptrs.is_unique and set(ptrs) == objs["task_storage"] | objs["cgrp_storage"]
+    assert ptrs.is_unique and set(ptrs) == set().union(*(objs[m] for m in ma_maps))
     ncpu = len(t["ma"][t["maps"]["task_storage"]]["selem_ma"])
     pre = ab[ab["step_name"].eq("create")]
     assert set(pre["gfp_flags"].astype(str)) == {"GFP_KERNEL_ACCOUNT|__GFP_NOWARN|__GFP_ZERO"}
     assert set(ab[~ab["step_name"].eq("create")]["gfp_flags"].astype(str)) == {"GFP_NOWAIT|__GFP_ZERO|__GFP_ACCOUNT"}
-    for mtype in _map_types(kernel):
+    for mtype in ma_maps:
         r = _roles(t, mtype)
         mine = ab[ptrs.isin(objs[mtype])]
         # prefill: 4 per CPU in each of the map's two bpf_mem_allocs

@@ -33,14 +33,24 @@
 //                                      map PIN (key = an O_RDONLY fd of the directory); touches
 //                                      READYFILE, holds them until SIGTERM, then closes the fds
 //                                      and removes the cgroups
+//   mapctl inode-storage-fill PIN DIR COUNT READYFILE
+//                                      creates the empty files DIR/f0..f<COUNT-1> (no page cache
+//                                      to charge) and gives each file's inode an element of the
+//                                      inode_storage map PIN (key = an O_RDONLY fd of the file);
+//                                      touches READYFILE, holds them until SIGTERM, then closes
+//                                      the fds and removes the files
 // Every *-fill prints "id=ID done=N failed=N errno=E" (E: the first failure's errno) once
 // the elements are made.
 //
-// The local-storage TYPEs sk_storage, task_storage and cgrp_storage (BPF_MAP_TYPE_SK_STORAGE,
-// _TASK_STORAGE, _CGRP_STORAGE) need BTF for their key and value: create loads a minimal
-// BTF blob (int key, value struct { char data[V]; }) with BPF_BTF_LOAD itself. The kernel
-// wants key=4 entries=0 flags=1 (BPF_F_NO_PREALLOC) for them. cgrp_storage is new in 6.2: an
-// older kernel refuses the map type (EINVAL), and create says so.
+// The local-storage TYPEs sk_storage, inode_storage, task_storage and cgrp_storage
+// (BPF_MAP_TYPE_SK_STORAGE, _INODE_STORAGE, _TASK_STORAGE, _CGRP_STORAGE) need BTF for their
+// key and value: create loads a minimal BTF blob (int key, value struct { char data[V]; })
+// with BPF_BTF_LOAD itself. The kernel wants key=4 entries=0 flags=1 (BPF_F_NO_PREALLOC) for
+// them. cgrp_storage is new in 6.2: an older kernel refuses the map type (EINVAL), and create
+// says so. inode_storage needs the BPF LSM: a kernel built without CONFIG_BPF_LSM refuses the
+// type (EINVAL), and one whose BPF LSM was not initialized at boot (bpf not in lsm=) refuses
+// to create the map (EOPNOTSUPP; inode_storage_map_alloc's bpf_lsm_initialized check, in the
+// 6.1 and 6.12 stable kernels); create says so for both.
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -60,6 +70,7 @@
 #include <unistd.h>
 
 // not in every libc's linux/bpf.h: the values of the kernel's enum bpf_map_type
+#define MT_MAP_TYPE_INODE_STORAGE 28
 #define MT_MAP_TYPE_TASK_STORAGE 29
 #define MT_MAP_TYPE_CGRP_STORAGE 32
 #ifndef __NR_pidfd_open
@@ -99,13 +110,14 @@ static const struct {
 	{"queue", BPF_MAP_TYPE_QUEUE},
 	{"stack", BPF_MAP_TYPE_STACK},
 	{"sk_storage", BPF_MAP_TYPE_SK_STORAGE},
+	{"inode_storage", MT_MAP_TYPE_INODE_STORAGE},
 	{"task_storage", MT_MAP_TYPE_TASK_STORAGE},
 	{"cgrp_storage", MT_MAP_TYPE_CGRP_STORAGE},
 };
 
 static int is_local_storage(int type) {
-	return type == BPF_MAP_TYPE_SK_STORAGE || type == MT_MAP_TYPE_TASK_STORAGE ||
-	       type == MT_MAP_TYPE_CGRP_STORAGE;
+	return type == BPF_MAP_TYPE_SK_STORAGE || type == MT_MAP_TYPE_INODE_STORAGE ||
+	       type == MT_MAP_TYPE_TASK_STORAGE || type == MT_MAP_TYPE_CGRP_STORAGE;
 }
 
 static int map_by_id(uint32_t id);
@@ -317,6 +329,9 @@ static void cmd_create(int argc, char **argv) {
 	int fd = sys_bpf(BPF_MAP_CREATE, &a);
 	if (fd < 0 && errno == EINVAL && a.map_type == MT_MAP_TYPE_CGRP_STORAGE)
 		die("cannot create map %s: this kernel has no BPF_MAP_TYPE_CGRP_STORAGE (new in 6.2)", pin);
+	if (fd < 0 && (errno == EINVAL || errno == EOPNOTSUPP) && a.map_type == MT_MAP_TYPE_INODE_STORAGE)
+		die("cannot create map %s: this kernel has no BPF LSM for BPF_MAP_TYPE_INODE_STORAGE "
+		    "(CONFIG_BPF_LSM, and bpf in lsm=)", pin);
 	if (fd < 0)
 		die("cannot create map %s", pin);
 	obj_pin(fd, pin);
@@ -617,20 +632,23 @@ static void cmd_task_storage_fill(int argc, char **argv) {
 	fill_owners(fd, info.id, count, argv[2], &ops, &c);
 }
 
-struct cgrp_storage_ctx {
+// cgroup and inode storage: each owner is an entry DIR/<prefix><i> that ops->make creates
+// and ops->release removes
+struct dir_storage_ctx {
 	struct storage_value v;  // first: storage_put's view
 	const char *dir;
+	char prefix;
 	char path[4096];
 };
 
-static const char *cgrp_path(struct cgrp_storage_ctx *c, uint32_t i) {
-	snprintf(c->path, sizeof(c->path), "%s/c%u", c->dir, i);
+static const char *entry_path(struct dir_storage_ctx *c, uint32_t i) {
+	snprintf(c->path, sizeof(c->path), "%s/%c%u", c->dir, c->prefix, i);
 	return c->path;
 }
 
 static int cgrp_make(uint32_t i, void *ctx) {
-	struct cgrp_storage_ctx *c = ctx;
-	if (mkdir(cgrp_path(c, i), 0755) < 0)
+	struct dir_storage_ctx *c = ctx;
+	if (mkdir(entry_path(c, i), 0755) < 0)
 		die("cannot make cgroup %s", c->path);
 	int dfd = open(c->path, O_RDONLY | O_DIRECTORY);
 	if (dfd < 0)
@@ -638,20 +656,41 @@ static int cgrp_make(uint32_t i, void *ctx) {
 	return dfd;
 }
 
-static void cgrp_release(uint32_t i, int dfd, void *ctx) {
-	struct cgrp_storage_ctx *c = ctx;
-	close(dfd);
-	rmdir(cgrp_path(c, i));
+// an empty file: an inode (and dentry) charged to the caller's memcg, no page cache
+static int file_make(uint32_t i, void *ctx) {
+	struct dir_storage_ctx *c = ctx;
+	int f = open(entry_path(c, i), O_RDONLY | O_CREAT | O_EXCL, 0644);
+	if (f < 0)
+		die("cannot create %s", c->path);
+	return f;
+}
+
+// closes the owner's fd and removes its entry (remove(): rmdir for a cgroup, unlink for a file)
+static void entry_release(uint32_t i, int fd, void *ctx) {
+	struct dir_storage_ctx *c = ctx;
+	close(fd);
+	remove(entry_path(c, i));
+}
+
+// PIN DIR COUNT READYFILE, for a map of type TYPE whose owners ops makes under DIR
+static void dir_storage_fill(int argc, char **argv, const char *usage, int type, char prefix,
+			     const struct owner_ops *ops) {
+	if (argc < 4)
+		die("usage: %s PIN DIR COUNT READYFILE", usage);
+	struct bpf_map_info info;
+	int fd = fill_map(argv[0], type, &info);
+	struct dir_storage_ctx c = {storage_value(&info), argv[1], prefix, ""};
+	fill_owners(fd, info.id, strtoul(argv[2], 0, 0), argv[3], ops, &c);
 }
 
 static void cmd_cgrp_storage_fill(int argc, char **argv) {
-	if (argc < 4)
-		die("%s", "usage: cgrp-storage-fill PIN DIR COUNT READYFILE");
-	struct bpf_map_info info;
-	int fd = fill_map(argv[0], MT_MAP_TYPE_CGRP_STORAGE, &info);
-	struct cgrp_storage_ctx c = {storage_value(&info), argv[1], ""};
-	const struct owner_ops ops = {cgrp_make, storage_put, cgrp_release, cgrp_release};
-	fill_owners(fd, info.id, strtoul(argv[2], 0, 0), argv[3], &ops, &c);
+	static const struct owner_ops ops = {cgrp_make, storage_put, entry_release, entry_release};
+	dir_storage_fill(argc, argv, "cgrp-storage-fill", MT_MAP_TYPE_CGRP_STORAGE, 'c', &ops);
+}
+
+static void cmd_inode_storage_fill(int argc, char **argv) {
+	static const struct owner_ops ops = {file_make, storage_put, entry_release, entry_release};
+	dir_storage_fill(argc, argv, "inode-storage-fill", MT_MAP_TYPE_INODE_STORAGE, 'f', &ops);
 }
 
 int main(int argc, char **argv) {
@@ -686,6 +725,8 @@ int main(int argc, char **argv) {
 		cmd_task_storage_fill(argc, argv);
 	else if (!strcmp(cmd, "cgrp-storage-fill"))
 		cmd_cgrp_storage_fill(argc, argv);
+	else if (!strcmp(cmd, "inode-storage-fill"))
+		cmd_inode_storage_fill(argc, argv);
 	else {
 		fprintf(stderr, "mapctl: unknown command %s\n", cmd);
 		return 2;
