@@ -31,7 +31,10 @@ Where each map type's memory lives (see kernel-notes §2), per version:
   when set, else under the first map walked that has an element on it. Both are
   ``bpf_map_kzalloc`` on 6.1; on 6.12 task and cgroup storage (``smap->bpf_ma``) take them
   from the map's ``selem_ma``/``storage_ma`` bpf_mem_alloc instead, whose free lists are
-  listed too.
+  listed too. sk and inode storage keep ``bpf_map_kzalloc`` on 6.12 (their ``map_alloc``
+  passes ``bpf_ma = false``); their bpf_mem_allocs are never initialised (``cache`` NULL)
+  and add nothing. The lab covers all four types (tests/test_localstorage_lab.py,
+  tests/test_taskstorage_lab.py).
 * any other type: the area holding the map struct only.
 
 Inner maps of map-in-map types are ordinary maps in ``map_idr``; they are not followed
