@@ -176,6 +176,51 @@ def test_raw_gfp_number_gives_accounted(plain, raw, accounted):
         assert (pd.isna(p[c]) and pd.isna(r[c])) or p[c] == r[c], c
 
 
+@pytest.mark.parametrize("line, ts_ns", [
+    # trace-cmd prints the raw count with "%12llu" and seconds with "%5llu.": from 12 digits
+    # (boot clock past 100 s of uptime) or 6-digit seconds (27.8 h) no blank follows [cpu]
+    (b"           sleep-3946  [001]111264306005: kfree: call_site=x+0x1 ptr=0x10\n", 111264306005),
+    (b"           sleep-3946  [001]1112643060051: kfree: call_site=x+0x1 ptr=0x10\n", 1112643060051),
+    (b"           sleep-3946  [001]100000.123456789: kfree: call_site=x+0x1 ptr=0x10\n", 100000123456789),
+    (b"           sleep-3946  [001] 11126430600: kfree: call_site=x+0x1 ptr=0x10\n", 11126430600),
+    # -l: the flags (5 characters on these kernels) then the timestamp, no blank
+    (b"   sleep-3946     1.....111264306005: kfree: call_site=x+0x1 ptr=0x10\n", 111264306005),
+    (b"   sleep-3946    12.Ns1.111264306005: kfree: call_site=x+0x1 ptr=0x10\n", 111264306005),
+    (b"   sleep-3946     1.....100000.123456789: kfree: call_site=x+0x1 ptr=0x10\n", 100000123456789),
+], ids=["12-digits", "13-digits", "6-digit-secs", "11-digits", "-l-12-digits", "-l-cpu12", "-l-6-digit-secs"])
+def test_timestamp_filling_its_width(line, ts_ns):
+    for text in (b"cpus=2\n" + line, line * 2):  # with the header, and cut (detected by its lines)
+        ev, st = parse_report_text(text) if text.startswith(b"cpus") else load_trace_bytes(text)
+        assert st.malformed == 0 and len(ev) == (1 if text.startswith(b"cpus") else 2), st
+        e = ev.iloc[0]
+        assert (int(e["ts_ns"]), int(e["pid"]), str(e["event"]), int(e["ptr"])) == (ts_ns, 3946, "kmem:kfree", 16)
+        assert int(e["cpu"]) == (12 if b"  12." in line else 1)
+
+
+def load_trace_bytes(data: bytes):
+    """`load_trace` on bytes: the format sniffed as `memtrace ingest` does."""
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(suffix=".txt") as f:
+        f.write(data)
+        f.flush()
+        ev, st = load_trace(f.name)
+        assert st.format == "trace-cmd-report", st.format
+        return ev, st
+
+
+def test_ts_diff_only_after_the_timestamp_and_negative():
+    """--ts-diff: "(+N)" after the header's timestamp goes, also "(+-N)" (time went backwards,
+    printed with %lld); the same text inside a marker stays."""
+    text = (b"cpus=1\n"
+            b"              sh-247   [001]  6203536261:          print:                tracing_mark_write: step 1:   x: (+7)   y: z\n"
+            b"              sh-247   [001]  6203536170: (+-91)   kfree:                call_site=x+0x1 ptr=0x10\n")
+    ev, st = parse_report_text(text)
+    assert st.malformed == 0 and len(ev) == 2
+    assert ev["marker"].iloc[0] == "step 1:   x: (+7)   y: z"
+    assert (int(ev["ts_ns"].iloc[1]), int(ev["ptr"].iloc[1])) == (6203536170, 16)
+
+
 def test_crlf_line_ends():
     e, _ = _one(KFREE_PLUGIN.replace(b"\n", b"\r\n"))
     assert (str(e["event"]), int(e["ptr"]), str(e["call_site"])) == ("kmem:kfree", 0, "tomoyo_check_open_permission+0x107")
@@ -247,7 +292,7 @@ def test_report_text_reads_as_the_trace_dat(kernel, flags, tmp_path):
 
 
 @needs_trace_cmd
-@pytest.mark.parametrize("flags", [[], ["-l"]], ids=["plain", "-l"])
+@pytest.mark.parametrize("flags", [[], ["-l"], ["-l", "--ts-diff", "-R"]], ids=["plain", "-l", "-l--ts-diff-R"])
 def test_report_text_without_header_and_the_cli(tmp_path, flags):
     """grep'd report text (no `cpus=` line): the event lines say what it is; `memtrace ingest
     --json` names the format."""

@@ -1078,21 +1078,27 @@ static int fast_header(const uint8_t *b, size_t ls, size_t le, const uint8_t *li
         return 0;
     *cpu = (int64_t)v;
     size_t p = c1 + 1;
-    if (p >= le || !is_s(b[p]))
-        return 0;
-    p = skip_spaces(b, p, le);
-    while (p < le && is_s(b[p]))
-        p++;
     if (p >= le)
         return 0;
-    if (!is_d(b[p])) { /* the flags word */
-        while (p < le && !is_s(b[p]))
-            p++;
+    /* No blank before a timestamp that fills its width: trace-cmd prints "[%03d]%12llu" (a raw
+     * count) or "[%03d]%5llu.%09llu", so a 12+ digit count or 6+ digit seconds follow "]". */
+    if (!is_d(b[p])) {
+        if (!is_s(b[p]))
+            return 0;
         p = skip_spaces(b, p, le);
         while (p < le && is_s(b[p]))
             p++;
-        if (p >= le || !is_d(b[p]))
+        if (p >= le)
             return 0;
+        if (!is_d(b[p])) { /* the flags word */
+            while (p < le && !is_s(b[p]))
+                p++;
+            p = skip_spaces(b, p, le);
+            while (p < le && is_s(b[p]))
+                p++;
+            if (p >= le || !is_d(b[p]))
+                return 0;
+        }
     }
     uint64_t secs = 0;
     while (p < le && is_d(b[p])) {

@@ -13,7 +13,7 @@ TRACECMD_REPORT = "trace-cmd-report"
 TRACE_DAT = "trace.dat"
 PERFETTO = "perfetto"
 
-_EVENT_LINE = re.compile(rb"^\s*.*-\d+\s+(?:\(\s*[-\d]*\)\s+)?\[\d+\]\s+.*\d:\s+[^:\s]+:", re.M)
+_EVENT_LINE = re.compile(rb"^\s*.*-\d+\s+(?:\(\s*[-\d]*\)\s+)?\[\d+\]\s*.*\d:\s+[^:\s]+:", re.M)
 #: `trace-cmd report`'s first line (`cpus=N`; `version = N` from older trace-cmd)
 _REPORT_HEADER = re.compile(rb"\s*(?:version = \d+|cpus=\d+)[ \t\r]*(?:\n|$)")
 #: how `trace-cmd report` event lines differ from tracefs' (which never prints these):
@@ -26,15 +26,23 @@ _REPORT_SIGNS = re.compile(
     rb"|\d: [^:\s]+: +\([0-9a-f]{16}(?: <- [0-9a-f]{16})?\)"
     # a NULL pointer as printf's %p prints it (tracefs: 0000000000000000)
     rb"|=\(nil\)[ \r\n]"
-    # a raw-count timestamp (trace-cmd prints the boot and mono clocks so) right after [cpu]:
-    # tracefs prints latency flags there ("d..1."), unless its irq-info option is off
-    rb"|^ *\S[^\n]*?-\d+ +\[\d+\] +\d+: ",
+    # a raw-count timestamp (trace-cmd prints the boot and mono clocks so, "%12llu": no blank
+    # after [cpu] from 12 digits on) right after [cpu]: tracefs prints latency flags there
+    # ("d..1."), unless its irq-info option is off
+    rb"|^ *\S[^\n]*?-\d+ +\[\d+\] *\d+: "
+    # any timestamp with no blank after [cpu] ("%5llu.%09llu" filled: 6+ digit seconds)
+    rb"|^ *\S[^\n]*?-\d+ +\[\d+\]\d",
     re.M,
 )
 #: an event line of `trace-cmd report -l` (latency format): [buffer: ]comm-pid, the CPU with
-#: the latency flags run into it (irqs-off first, never a digit), the timestamp
+#: the latency flags run into it (irqs-off first, never a digit), the timestamp, then (with
+#: --ts-diff) "(+DIFF)" or padding. A timestamp that fills its width ("%12llu", "%5llu.")
+#: follows the flags with no blank: then the flags are taken as 5 characters (irqs-off,
+#: need-resched, hard/softirq, preempt depth, migrate-disable: the events' common fields on
+#: 5.13+ kernels; "-0x.." when unknown).
 REPORT_LATENCY_LINE = re.compile(
-    rb"^([^\s#:][^\s:]*: )?( *\S[^\n]*?-\d+) +(\d+)([^\s\d]\S{3,6}) +(\d+(?:\.\d+)?: )(?=[^:\s]+:)", re.M)
+    rb"^([^\s#:][^\s:]*: )?( *\S[^\n]*?-\d+) +(\d+)(?:([^\s\d]\S{3,6}) +|([^\s\d]\S{4}|-0x[0-9a-f]+))"
+    rb"(\d+(?:\.\d+)?: )(?=(?: *\(\+-?[\d.]+\))? *[^:\s]+:)", re.M)
 
 
 def sniff(head: bytes, path: str = "<buffer>") -> str:

@@ -308,7 +308,8 @@ def _derive_pandas(df: pd.DataFrame) -> pd.DataFrame:
 # Event-line headers: the reference's regex, which the scanner also asks about the lines it hands back
 
 _HDR_RE = re.compile(
-    rb"^\s*(?P<comm>.*?)-(?P<pid>\d+)\s+(?:\(\s*[-\d]*\)\s+)?\[(?P<cpu>\d+)\]\s+(?:[^\s\d][^\s]*\s+)?"
+    # no blank after [cpu] when trace-cmd's "%12llu" / "%5llu." timestamp fills its width
+    rb"^\s*(?P<comm>.*?)-(?P<pid>\d+)\s+(?:\(\s*[-\d]*\)\s+)?\[(?P<cpu>\d+)\](?:\s+(?:[^\s\d][^\s]*\s+)?|(?=\d))"
     rb"(?P<ts>\d+(?:\.\d+)?):\s+(?P<event>[^:\s]+):\s*(?P<args>.*?)\s*$"
 )
 _LOST_RE = re.compile(rb"^\s*CPU:?\s*(\d+)\s*\[(?:LOST\s+(\d+)\s+EVENTS|(\d+)\s+EVENTS\s+DROPPED)\]")

@@ -91,8 +91,9 @@ def parse_report_text(data: bytes, *, path: str = "<buffer>", kprobe_groups=None
     return df, st
 
 
-#: `--ts-diff`: "(+DIFF)" and its padding after the timestamp (only padding on a CPU's first line)
-_TS_DIFF = re.compile(rb"(\d:) +(?:\(\+[\d.]+\) +)?(?=[^\s:]+: )")
+#: `--ts-diff`: "(+DIFF)" and its padding after a line's first "TIMESTAMP:" (only padding on a
+#: CPU's first line; "(+-N)" when time went backwards: trace-cmd prints the difference with %lld)
+_TS_DIFF = re.compile(rb"^([^\n]*?\d:) +(?:\(\+-?[\d.]+\) +)?(?=[^\s:]+: )", re.M)
 
 
 def _without_ts_diff(data: bytes) -> bytes:
@@ -111,7 +112,8 @@ def from_latency_format(data: bytes) -> tuple[bytes, bool]:
     head = data[:65536]
     if _CPU_BRACKETS.search(head) or not detect.REPORT_LATENCY_LINE.search(head):
         return data, False
-    return detect.REPORT_LATENCY_LINE.sub(rb"\1\2 [\3] \4 \5", data), True
+    return detect.REPORT_LATENCY_LINE.sub(lambda m: b"%s%s [%s] %s %s" % (
+        m.group(1) or b"", m.group(2), m.group(3), m.group(4) or m.group(5), m.group(6)), data), True
 
 
 def load_report_text(path: str, *, kprobe_groups=None) -> tuple[pd.DataFrame, IngestStats]:
