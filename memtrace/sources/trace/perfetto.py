@@ -62,7 +62,8 @@ def _varint(data, pos):
 
 
 def _split_packets(pb, n):
-    """Spans of the Trace's packets, and (offset, cut) of the damage that ends it, if any."""
+    """Spans of the Trace's packets, and (offset, cut) of the damage that ends it, if any.
+    ``pb`` may run on past ``n`` (zero padding): nothing there is read as data."""
     pkts = []
     pos = 0
     while pos < n:
@@ -77,16 +78,19 @@ def _split_packets(pb, n):
                     pkts.append((p3, p3 + ln))
                 pos = p3 + ln
             elif wire == 0:
-                _, pos = _varint(pb, p2)
-                if pos > n:
+                _, end = _varint(pb, p2)
+                if end > n:  # read into the zero padding past the data
                     raise IndexError
+                pos = end
             elif wire in (1, 5):  # fixed64, fixed32
                 if p2 + (8 if wire == 1 else 4) > n:
                     return pkts, (pos, True)
                 pos = p2 + (8 if wire == 1 else 4)
             else:
                 raise ValueError(f"wire type {wire}")
-        except (IndexError, ValueError):
+        except IndexError:  # a key, length or value varint runs past the end: cut there
+            return pkts, (pos, True)
+        except ValueError:
             return pkts, (pos, False)
     return pkts, None
 
