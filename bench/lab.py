@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from memtrace.lab import kernels
-from memtrace.lab.qemu import ACCELS
+from memtrace.lab.qemu import ACCELS, DEFAULT_ACCEL
 from memtrace.lab.run import run
 
 
@@ -38,11 +38,11 @@ def main() -> int:
     ap.add_argument("--kernel", action="append", choices=sorted(kernels.SERIES), help="default: all")
     ap.add_argument("--scenario", default="restart")
     ap.add_argument("--repeat", type=int, default=1)
-    ap.add_argument("--accel", action="append", choices=sorted(ACCELS), help="default: tcg")
+    ap.add_argument("--accel", action="append", choices=sorted(ACCELS), help=f"default: {DEFAULT_ACCEL}")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     series = args.kernel or list(kernels.SERIES)
-    accels = args.accel or ["tcg"]
+    accels = args.accel or [DEFAULT_ACCEL]
     for k in series:
         kernels.fetch(k)  # downloads happen here, outside the timed part
     results = []

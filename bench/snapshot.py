@@ -107,7 +107,9 @@ def m_naive(run: Path, extra: dict) -> dict:
                 for e in hlist_nulls_for_each_entry("struct htab_elem", htab.buckets[b].head.address_of_(), "hash_node"):
                     page = compound_head(virt_to_page(prog, e.value_()))
                     slab = cast("struct slab *", page)
-                    try:  # 6.10+: slab->obj_exts; before: slab->memcg_data (both 8-byte slots here)
+                    # slab->obj_exts since Linux kernel commit 21c690a349ba ("mm: introduce slabobj_ext
+                    # to support slab object extensions") (in v6.10); slab->memcg_data before
+                    try:
                         vec = slab.obj_exts.value_() & ~7
                     except AttributeError:
                         vec = slab.memcg_data.value_() & ~3

@@ -13,6 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from memtrace.cli.app import app, err, out
+from memtrace.lab.qemu import ACCELS, DEFAULT_ACCEL
 
 lab_app = typer.Typer(help="Boot real Debian kernels in QEMU and run scenarios with ground truth.", no_args_is_help=True)
 app.add_typer(lab_app, name="lab")
@@ -82,9 +83,10 @@ def run_cmd(
     memory_mb: int = typer.Option(512, "--memory", help="Guest memory in MiB.", min=128),
     cpus: int = typer.Option(2, "--cpus", help="Guest vCPUs.", min=1, max=16),
     accel: str = typer.Option(
-        "tcg", "--accel",
-        help="tcg: all vCPUs on one host thread. mttcg: a host thread per vCPU, faster when vCPUs are busy "
-        "together, but 6.12 guests oops ('Oops: int3') when a tracepoint or kprobe is patched in under it.",
+        DEFAULT_ACCEL, "--accel",
+        help=f"QEMU accelerator, one of {', '.join(ACCELS)}. tcg: all vCPUs on one host thread. mttcg: a host thread per vCPU, "
+        "faster when vCPUs are busy together, but 6.12 guests oops ('Oops: int3') when a tracepoint or kprobe "
+        "is patched in under it.",
     ),
     kprobe_events: Optional[Path] = typer.Option(None, "--kprobe-events", help="kprobe_events lines to install in the guest for the run."),
     timeout: float = typer.Option(900, "--timeout", help="Seconds the scenario may take before the guest is ended."),

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from memtrace.errors import GuestError, InputError
 from memtrace.lab import initramfs, kernels
-from memtrace.lab.qemu import Guest
+from memtrace.lab.qemu import DEFAULT_ACCEL, Guest, accel_arg, qemu_binary
 from memtrace.lab.truth import build_truth
 
 META_SCHEMA = "memtrace.lab.meta/1"
@@ -81,7 +81,7 @@ def run(
     vmcore: bool = True,
     memory_mb: int = 512,
     cpus: int = 2,
-    accel: str = "tcg",
+    accel: str = DEFAULT_ACCEL,
     boot_timeout: float = 120,
     scenario_timeout: float = 900,
     kprobe_events: str | None = None,
@@ -106,10 +106,7 @@ def run(
     say = progress or (lambda msg: None)
     if recorder not in initramfs.RECORDERS:
         raise InputError(f"unknown recorder {recorder!r}: choose one of {', '.join(initramfs.RECORDERS)}")
-    from memtrace.lab.qemu import ACCELS, qemu_binary
-
-    if accel not in ACCELS:
-        raise InputError(f"unknown accelerator {accel!r}: choose one of {', '.join(ACCELS)}")
+    accel_arg(accel)  # an unknown name fails here, before any download
     name, script = load_scenario(scenario)
     kernels.series_of(kernel_series)
     out = Path(out)
