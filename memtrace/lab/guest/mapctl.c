@@ -458,6 +458,8 @@ static void cmd_clone(int argc, char **argv) {
 
 static volatile sig_atomic_t stop;
 static void on_term(int sig) { (void)sig; stop = 1; }
+// the signal mask before fill_owners blocked SIGTERM (restored in forked children)
+static sigset_t unblocked_mask;
 
 // One owner per element (a socket, a task, a cgroup), made by ops->make as an fd that
 // stands for it; ops->put gives owner i its element; an owner whose element failed is
@@ -475,6 +477,12 @@ static void fill_owners(int fd, uint32_t id, uint32_t count, const char *readyfi
 	struct rlimit rl = {count + 64, count + 64};
 	if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
 		die("%s", "setrlimit(RLIMIT_NOFILE)");
+	// SIGTERM stays blocked except inside sigsuspend: one arriving between the check of
+	// `stop` and the wait would otherwise be slept through
+	sigset_t term;
+	sigemptyset(&term);
+	sigaddset(&term, SIGTERM);
+	sigprocmask(SIG_BLOCK, &term, &unblocked_mask);
 	signal(SIGTERM, on_term);
 	int *owners = calloc(count + 1, sizeof(int));
 	uint32_t done = 0, failed = 0;
@@ -497,7 +505,7 @@ static void fill_owners(int fd, uint32_t id, uint32_t count, const char *readyfi
 	if (r >= 0)
 		close(r);
 	while (!stop)
-		pause();
+		sigsuspend(&unblocked_mask);
 	for (uint32_t i = 0; ops->release && i < count; i++)
 		if (owners[i] >= 0)
 			ops->release(i, owners[i], ctx);
@@ -601,6 +609,7 @@ static int task_make(uint32_t i, void *ctx) {
 		die("%s", "fork");
 	if (pid == 0) {
 		signal(SIGTERM, SIG_DFL);
+		sigprocmask(SIG_SETMASK, &unblocked_mask, 0);
 		prctl(PR_SET_PDEATHSIG, SIGKILL);
 		if (getppid() != parent)
 			_exit(0);
