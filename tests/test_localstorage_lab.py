@@ -232,12 +232,11 @@ def test_element_bytes_land_in_the_creating_memcg(runs, kernel):
     assert abs(charged - delta) < 4 * PAGE_SIZE, (charged, delta)
     assert delta >= FILL1 * 2 * 128  # not a few stray pages: hundreds of KiB
     closed = _current(raw, "sockets-closed", "/pod/owner") - _current(raw, "create-sk_storage", "/pod/owner")
-    # the elements go with their sockets through RCU (sk free, then kfree_rcu): most are back
-    # by the step's record, the rest a moment later (seen left: 0 to 28 KiB on 6.1, 8 to 64
-    # KiB on 6.12, more when the host is busy)
-    # (and late frees of the mapctl that created the map in owner can take it below its
-    # create-step reading: seen -4,096 on 6.12)
-    assert -2 * PAGE_SIZE <= closed < delta // 4, (closed, delta)
+    # the elements go with their sockets through RCU (sk free, then kfree_rcu), under TCG over
+    # seconds: the scenario settles (up to 50 times) until owner is within 2 pages of its
+    # create-step reading (seen: 1 to 15 settles, then 0 or 4,096 B left); late frees of the
+    # mapctl that created the map in owner can take it below that reading (seen -4,096 on 6.12)
+    assert -2 * PAGE_SIZE <= closed <= 2 * PAGE_SIZE, (closed, delta)
     per_object = charged // (2 * FILL1)  # both objects sit in the same size class here
     assert set(mine["bytes"].astype(int)) == {per_object}
     held = _current(raw, "sk_storage-held", "/pod/owner") - _current(raw, "sockets-closed", "/pod/owner")
