@@ -17,6 +17,7 @@ while [ $i -lt "${ROUNDS:-60}" ]; do
 	for e in $EV; do echo 1 > $T/events/$e/enable; done
 	for e in $EV; do echo 0 > $T/events/$e/enable; done
 	i=$((i + 1))
+	[ $((i % 10)) -ne 0 ] || echo "text_poke_stress: round $i" > /dev/kmsg  # how far, if it oopses
 done
 kill $LOAD
 note "rounds: $i"
