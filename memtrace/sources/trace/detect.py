@@ -38,8 +38,8 @@ _REPORT_SIGNS = re.compile(
 #: the latency flags run into it (irqs-off first, never a digit), the timestamp, then (with
 #: --ts-diff) "(+DIFF)" or padding. A timestamp that fills its width ("%12llu", "%5llu.")
 #: follows the flags with no blank: then the flags are taken as 5 characters (irqs-off,
-#: need-resched, hard/softirq, preempt depth, migrate-disable: the events' common fields on
-#: 5.13+ kernels; "-0x.." when unknown).
+#: need-resched, hard/softirq, preempt depth, migrate-disable: what trace-cmd 3.1 printed for
+#: the lab's 6.1 and 6.12 recordings; "-0x.." when unknown). Other widths are not read then.
 REPORT_LATENCY_LINE = re.compile(
     rb"^([^\s#:][^\s:]*: )?( *\S[^\n]*?-\d+) +(\d+)(?:([^\s\d]\S{3,6}) +|([^\s\d]\S{4}|-0x[0-9a-f]+))"
     rb"(\d+(?:\.\d+)?: )(?=(?: *\(\+-?[\d.]+\))? *[^:\s]+:)", re.M)
