@@ -265,7 +265,8 @@ _BUFFER_PREFIX = re.compile(rb"\n([^\s#:][^\s:]*):(?= +\S)")
 _BUFFER_PREFIX_FIRST = re.compile(rb"([^\s#:][^\s:]*):(?= +\S)")
 #: what follows a buffer prefix: an event header (comm-pid, optional tgid, [cpu])
 _AFTER_PREFIX = re.compile(rb" +\S[^\n]*?-\d+ +(?:\(\s*[-\d]*\)\s+)?\[\d+\]")
-_MARKER = re.compile(rb": print: +([A-Za-z_][\w.]*: )")
+#: a marker: its "%ps: %s" format's "NAME: ", or with -R its raw fields "ip=NAME buf="
+_MARKER = re.compile(rb": print: +(?:([A-Za-z_][\w.]*: )|ip=\S+ buf=)")
 _NIL = re.compile(rb"=\(nil\)(?=[ \r\n])")
 _CALL_SITE = re.compile(rb"( call_site=)([A-Za-z_][\w.]*)\+0x([0-9a-f]+)(?=[ \n])")
 #: libtraceevent's plugin_kmem prints "(%s+0x%x) ", the call site, before kmalloc & co.'s own
@@ -337,7 +338,7 @@ def to_tracefs_text(data: bytes, kinds: EventKinds, *, symbols: "_Symbols | None
     (tracefs' order), and call sites keep trace-cmd's ``sym+0xoff`` (no ``/0xsize``)."""
     data, _ = strip_buffer_prefixes(data, [n.encode() for n in buffers or ()])
     data = _from_raw_fields(data)
-    data = _sub_rare(data, b": print: ", _MARKER, lambda m: b": " + m.group(1))
+    data = _sub_rare(data, b": print: ", _MARKER, lambda m: b": " + (m.group(1) or b"tracing_mark_write: "))
     data = _NIL.sub(b"=0x0", data)
     if symbols is not None:
         data = _CALL_SITE.sub(_call_sites(symbols), data)
@@ -345,10 +346,9 @@ def to_tracefs_text(data: bytes, kinds: EventKinds, *, symbols: "_Symbols | None
 
 
 #: `report -R` (raw fields) spellings: a kprobe's and a kretprobe's ip fields right after the
-#: event name, a marker's fields, a gfp number
+#: event name, a gfp number (a marker's fields: `_MARKER`)
 _RAW_KPROBE = re.compile(rb"(: +)__probe_ip=([0-9a-f]{16})(?=[ \r\n])")
 _RAW_KRETPROBE = re.compile(rb"(: +)__probe_func=([0-9a-f]{16}) __probe_ret_ip=([0-9a-f]{16})(?=[ \r\n])")
-_RAW_MARKER = re.compile(rb": print: +ip=\S+ buf=")
 _RAW_GFP = re.compile(rb" gfp_flags=(0x[0-9a-f]+)(?=[ \r\n])")
 
 
@@ -359,7 +359,6 @@ def _from_raw_fields(data: bytes) -> bytes:
         data = _RAW_KPROBE.sub(rb"\1(\2)", data)
     if b"__probe_ret_ip=" in data:
         data = _RAW_KRETPROBE.sub(rb"\1(\2 <- \3)", data)
-    data = _sub_rare(data, b": print: ", _RAW_MARKER, lambda m: b": tracing_mark_write: ")
     if b" gfp_flags=0x" in data:
         data = _RAW_GFP.sub(rb" gfp=\1", data)
     return data
