@@ -13,6 +13,8 @@
 #   wait_file PATH [SECONDS]     wait until PATH exists (default 120 s), else fail
 #   wait_started PID SECONDS CMD...  wait until CMD succeeds while process PID lives (a
 #                                background job getting ready), else fail naming which
+#   mt_catches_int PID           does PID catch SIGINT yet (a background job starts ignoring it)
+#   mt_wait_exit PID SECONDS     wait until PID exits; fails if it still runs then
 #
 # Paths of cgroups are relative to /sys/fs/cgroup. BPF pins live under /sys/fs/bpf.
 CG=/sys/fs/cgroup
@@ -39,6 +41,24 @@ wait_file() {
 		[ "$_n" -lt "$((${2:-120} * 5))" ] || { echo "wait_file: $1 did not appear" >&2; return 1; }
 		sleep 0.2
 		_n=$((_n + 1))
+	done
+}
+
+# mt_catches_int PID: does PID catch SIGINT (bit 1 of SigCgt in /proc/PID/status)? A
+# background job of a non-interactive sh starts with SIGINT ignored until it sets a handler.
+mt_catches_int() {
+	_m=$(sed -n 's/^SigCgt:[[:space:]]*//p' /proc/$1/status 2> /dev/null)
+	[ -n "$_m" ] && [ $((0x${_m#${_m%?}} & 2)) -ne 0 ]
+}
+
+# mt_wait_exit PID SECONDS: wait until PID is gone (or a zombie); 1 if it still runs then
+mt_wait_exit() {
+	_n=$(($2 * 10))
+	while kill -0 "$1" 2> /dev/null; do
+		[ "$(sed -n 's/^State:[[:space:]]*\(.\).*/\1/p' /proc/$1/status 2> /dev/null)" = Z ] && return 0
+		[ "$_n" -gt 0 ] || return 1
+		sleep 0.1
+		_n=$((_n - 1))
 	done
 }
 
@@ -144,6 +164,11 @@ step() {
 	echo "memtrace_step $_n $1" > "$TRACEFS/trace_marker"
 	_tcm="$TRACEFS/instances/$MT_TC_INSTANCE/trace_marker"
 	[ ! -e "$_tcm" ] || echo "memtrace_step $_n $1" > "$_tcm" || true
+	# and into any other tracefs instance a scenario records in (memtrace capture, a script's
+	# trace-cmd), so its capture can be cut at the steps too
+	for _m in "$TRACEFS"/instances/*/trace_marker; do
+		[ "$_m" = "$_tcm" ] || [ ! -e "$_m" ] || echo "memtrace_step $_n $1" > "$_m" 2> /dev/null || true
+	done
 	cat /proc/uptime > "$_d/uptime"
 	mt_record "$_d"
 	echo "MEMTRACE-STEP $_n $1" > /dev/console
@@ -211,16 +236,21 @@ mt_tracecmd_start() {
 	MT_TC_PID=$!
 	# Recording once the instance is on with a per-CPU file for every CPU (trace-cmd turns
 	# the new instance off, sets it up, starts one reader per CPU, then turns it on; its
-	# "Hit Ctrl^C" line is stdio-buffered, so the log shows nothing until it exits).
+	# "Hit Ctrl^C" line is stdio-buffered, so the log shows nothing until it exits) and
+	# trace-cmd catches SIGINT: as a background job it starts with SIGINT ignored, and it
+	# installs its handler (before forking the readers, trace-cmd 3.1) only after set-up.
 	_n=0
 	while :; do
 		_files=$(ls /out/trace.dat.$MT_TC_INSTANCE.cpu* 2> /dev/null | wc -l)
-		[ "$(cat "$TRACEFS/instances/$MT_TC_INSTANCE/tracing_on" 2> /dev/null)" = 1 ] && [ "$_files" -ge "$MT_NCPU" ] && break
+		[ "$(cat "$TRACEFS/instances/$MT_TC_INSTANCE/tracing_on" 2> /dev/null)" = 1 ] && [ "$_files" -ge "$MT_NCPU" ] \
+			&& mt_catches_int "$MT_TC_PID" && break
 		if [ "$_n" -ge 600 ] || ! kill -0 "$MT_TC_PID" 2> /dev/null; then
+			# SIGINT may still be ignored: kill it, and remove the instance it may have made
 			echo "MEMTRACE-ERROR trace-cmd record did not start" > /dev/console
-			kill -INT "$MT_TC_PID" 2> /dev/null
+			kill -KILL "$MT_TC_PID" 2> /dev/null
 			wait "$MT_TC_PID"
 			echo "$?" > /out/trace-cmd.rc
+			rmdir "$TRACEFS/instances/$MT_TC_INSTANCE" 2> /dev/null
 			MT_TC_PID=""
 			return 0
 		fi
@@ -232,9 +262,14 @@ mt_tracecmd_start() {
 
 # SIGINT: trace-cmd stops its readers, merges the per-CPU files into trace.dat, prints
 # per-CPU statistics and removes its instance (it leaves the top-level buffer alone).
+# Bounded: a trace-cmd still running 300 s after SIGINT is reported and killed.
 mt_tracecmd_stop() {
 	[ -n "$MT_TC_PID" ] || return 0
 	kill -INT "$MT_TC_PID"
+	mt_wait_exit "$MT_TC_PID" 300 || {
+		echo "MEMTRACE-ERROR trace-cmd still recording 300 s after SIGINT: $(grep '^Sig[IC]' /proc/$MT_TC_PID/status | tr '\n\t' '  ')" > /dev/console
+		kill -KILL "$MT_TC_PID"
+	}
 	wait "$MT_TC_PID"
 	echo "$?" > /out/trace-cmd.rc
 	MT_TC_PID=""
