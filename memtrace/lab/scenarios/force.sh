@@ -11,9 +11,20 @@ cg_create pod/genf
 step start
 create_map pod/genf sockhash $B/sockhash key=4 value=4 entries=4096 name=sockhash > /dev/null
 step create-sockhash
+# memory.max = memory.current, set again until a settle leaves memory.current there: a late
+# RCU free of the exited mapctl's objects would leave the step below its limit
 cur=$(cg_read pod/genf memory.current)
 cg_set pod/genf memory.max "$cur"
+mt_settle
+_n=0
+until [ "$(cg_read pod/genf memory.current)" = "$cur" ] || [ $_n -ge 10 ]; do
+	cur=$(cg_read pod/genf memory.current)
+	cg_set pod/genf memory.max "$cur"
+	mt_settle
+	_n=$((_n + 1))
+done
 note "genf memory.max set to memory.current = $cur"
+note "limit set again $_n times"
 step limit-set
 mapctl sockhash-fill $B/sockhash 3000 /tmp/sockhash.ready > /out/sockhash-fill.txt &
 filler=$!
@@ -22,4 +33,13 @@ note "sockhash-fill: $(cat /out/sockhash-fill.txt)"
 step force-charged
 kill "$filler"
 wait "$filler" || true
+# the elements and psock links go with their sockets through RCU (socket free, psock
+# destroy work, kfree_rcu batches of up to 5 s): settle until genf is back within 2 pages of
+# its limit, so no late free of genf's lands between the step's marker and its reading
+_n=0
+until [ "$(cg_read pod/genf memory.current)" -le $((cur + 8192)) ] || [ $_n -ge 50 ]; do
+	mt_settle
+	_n=$((_n + 1))
+done
+note "sockets closed: genf at limit + $(( $(cg_read pod/genf memory.current) - cur )) B after $_n settles"
 step sockets-closed
