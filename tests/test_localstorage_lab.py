@@ -51,9 +51,9 @@ PROFILE_TAIL = r"""
 # once, so the second entry finds no free instance and the kernel counts a miss
 echo 'r1:mtmiss/nanosleep_ret hrtimer_nanosleep' >> "$TRACEFS/kprobe_events"
 echo 1 > "$TRACEFS/events/mtmiss/nanosleep_ret/enable"
-sleep 1 &
+sleep 5 &
 s1=$!
-sleep 1 &
+sleep 5 &
 s2=$!
 wait "$s1" "$s2"
 echo 0 > "$TRACEFS/events/mtmiss/nanosleep_ret/enable"

@@ -154,11 +154,12 @@ def test_trace_dat_has_the_events_of_the_text_capture(tc_runs, kernel):
     assert md["step_name"].tolist() == mt["step_name"].tolist() == [
         "start", "create-sockhash", "limit-set", "force-charged", "sockets-closed"]
     # the same marker text (trace-cmd's "print: tracing_mark_write: ..." read as tracefs'),
-    # written later to the instance's buffer than to the top level (0.3 ms; 9 ms seen once)
+    # written later to the instance's buffer than to the top level (0.3 ms; 9 ms seen once;
+    # single-threaded TCG may switch vCPUs between the two writes, each turn up to 100 ms)
     assert wd[wd["event"].astype(str).eq("ftrace:print")]["marker"].tolist() == \
         wt[wt["event"].astype(str).eq("ftrace:print")]["marker"].tolist()
     lag = md["ts_ns"].to_numpy() - mt["ts_ns"].to_numpy()
-    assert ((lag > 0) & (lag < 100_000_000)).all(), lag
+    assert ((lag > 0) & (lag < 1_000_000_000)).all(), lag
     names = set(wd["event"].astype(str))
     wt = wt[wt["event"].astype(str).isin(names)]  # trace.txt also has vmalloc:*, the other cgroup:* and percpu:*
     # per event, over the window both captures share (from trace.dat's first marker to

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tarfile
 import tempfile
@@ -34,6 +35,8 @@ from memtrace.lab.qemu import DEFAULT_ACCEL, Guest, accel_arg, qemu_binary
 from memtrace.lab.truth import build_truth
 
 META_SCHEMA = "memtrace.lab.meta/1"
+#: lib.sh step's console line
+STEP_LINE = re.compile(r"MEMTRACE-STEP (\d+) (\S+)")
 OUT_DISK_BYTES = 2 << 30  # sparse; the guest writes a tar of /out onto it
 
 
@@ -148,8 +151,9 @@ def run(
             timings["boot_s"] = round(time.time() - t0, 3)
 
             def on_line(line: str) -> None:
-                if "MEMTRACE-STEP " in line:
-                    idx, step_name = line.split("MEMTRACE-STEP ", 1)[1].split()[:2]
+                m = STEP_LINE.search(line)
+                if m:  # (a line printk output broke up is left out; truth.json has every step)
+                    idx, step_name = m.group(1), m.group(2)
                     steps.append({"index": int(idx), "name": step_name, "host_time": time.time()})
                     say(f"step {idx} {step_name}")
                 if "MEMTRACE-ERROR" in line:

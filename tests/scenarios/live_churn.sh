@@ -71,5 +71,6 @@ step churn-ready
 	rm -f /tmp/live-background.running
 ) >> /out/scenario.log 2>&1 &
 note churn started pid=$!
-# let it get going before the live snapshot starts
-sleep 1
+# let it get going before the live snapshot starts: its first map exists (the test asserts a
+# map was made before the snapshot began; a fixed sleep was no promise on a slow machine)
+wait_file /tmp/churn-id.0 120

@@ -80,6 +80,8 @@ mt_live_snapshot() {
 		sleep 0.2
 		_n=$((_n + 1))
 	done
+	[ ! -e /tmp/live-background.running ] \
+		|| echo "MEMTRACE-ERROR live: the background job still runs 60 s after the snapshot" > /dev/console
 	# the same command without root: must fail with one line and the documented status
 	mt_live_py -c 'import os, sys
 os.setgroups([]); os.setgid(65534); os.setuid(65534)
