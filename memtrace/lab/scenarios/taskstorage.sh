@@ -60,11 +60,13 @@ ts_cgrp=$(ts_create cgrp_storage "no BPF_MAP_TYPE_CGRP_STORAGE")
 ts_inode=$(ts_create inode_storage "no BPF LSM")
 # the mapctl processes that made the maps in owner were charged there for their own kernel
 # objects too, freed through RCU after they exit: settle until owner's memory.current holds
-# still, so that those frees do not land in the fill step
+# still over 6 s (longer than kfree_rcu's 5 s batch), so that those frees do not land in the
+# fill step
 _prev=-1
 _n=0
-while [ "$(cg_read pod/owner memory.current)" != "$_prev" ] && [ $_n -lt 20 ]; do
+while [ "$(cg_read pod/owner memory.current)" != "$_prev" ] && [ $_n -lt 10 ]; do
 	_prev=$(cg_read pod/owner memory.current)
+	sleep 6
 	mt_settle
 	_n=$((_n + 1))
 done
