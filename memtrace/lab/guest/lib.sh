@@ -15,6 +15,8 @@
 #                                background job getting ready), else fail naming which
 #   mt_catches_int PID           does PID catch SIGINT yet (a background job starts ignoring it)
 #   mt_wait_exit PID SECONDS     wait until PID exits; fails if it still runs then
+#   mt_settle_until MAX CMD...   settle until CMD succeeds (at most MAX times; MT_SETTLES)
+#   mt_current_at_most CG BYTES  is CG's memory.current at most BYTES
 #
 # Paths of cgroups are relative to /sys/fs/cgroup. BPF pins live under /sys/fs/bpf.
 CG=/sys/fs/cgroup
@@ -134,6 +136,24 @@ mt_settle() {
 		(echo 0 > "$CG/memtrace-settle/cgroup.procs" && exec taskset -c "$_cpu" sh -c 'echo x > /dev/null')
 		_cpu=$((_cpu + 1))
 	done
+}
+
+# mt_settle_until MAX CMD...: settle until CMD succeeds, at most MAX times: the wait for
+# RCU-deferred frees (kfree_rcu batches up to 5 s) after a scenario freed many objects, so
+# none lands between the next step's marker and its reading. MT_SETTLES: how many it took.
+mt_settle_until() {
+	_max=$1
+	shift
+	MT_SETTLES=0
+	until "$@" || [ "$MT_SETTLES" -ge "$_max" ]; do
+		mt_settle
+		MT_SETTLES=$((MT_SETTLES + 1))
+	done
+}
+
+# mt_current_at_most CG BYTES: is CG's memory.current at most BYTES?
+mt_current_at_most() {
+	[ "$(cg_read "$1" memory.current)" -le "$2" ]
 }
 
 mt_record() {

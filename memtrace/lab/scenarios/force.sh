@@ -34,12 +34,9 @@ step force-charged
 kill "$filler"
 wait "$filler" || true
 # the elements and psock links go with their sockets through RCU (socket free, psock
-# destroy work, kfree_rcu batches of up to 5 s): settle until genf is back within 2 pages of
-# its limit, so no late free of genf's lands between the step's marker and its reading
-_n=0
-until [ "$(cg_read pod/genf memory.current)" -le $((cur + 8192)) ] || [ $_n -ge 50 ]; do
-	mt_settle
-	_n=$((_n + 1))
-done
-note "sockets closed: genf at limit + $(( $(cg_read pod/genf memory.current) - cur )) B after $_n settles"
+# destroy work, kfree_rcu batches of up to 5 s): settle until genf is back at its limit (seen:
+# after 1 to 15 settles), so no late free of genf's lands between the step's marker and its
+# reading (a bound of limit + 2 pages once let a run stop with a page still pending)
+mt_settle_until 50 mt_current_at_most pod/genf "$cur"
+note "sockets closed: genf at limit + $(( $(cg_read pod/genf memory.current) - cur )) B after $MT_SETTLES settles"
 step sockets-closed

@@ -26,12 +26,8 @@ wait "$filler" || true
 # the elements go with their sockets through RCU (socket free, then kfree_rcu), which under
 # TCG can take seconds: settle until owner is back within 2 pages of its create-step reading
 # (what is still pending then is freed during the next step and would hide in its rise)
-_n=0
-until [ "$(cg_read pod/owner memory.current)" -le $((base + 8192)) ] || [ $_n -ge 50 ]; do
-	mt_settle
-	_n=$((_n + 1))
-done
-note "sockets closed: owner at create-step + $(( $(cg_read pod/owner memory.current) - base )) B after $_n settles"
+mt_settle_until 50 mt_current_at_most pod/owner $((base + 8192))
+note "sockets closed: owner at create-step + $(( $(cg_read pod/owner memory.current) - base )) B after $MT_SETTLES settles"
 step sockets-closed
 (echo 0 > "$CG/pod/user/cgroup.procs" && exec mapctl sk-storage-fill $B/sk_storage 499 /tmp/sks2.ready) > /out/sks2.txt &
 wait_file /tmp/sks2.ready

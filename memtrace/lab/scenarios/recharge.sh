@@ -33,11 +33,10 @@ step recharge-swapped
 rm $B/inner_v2
 # the old inner map is freed after RCU grace periods (6.12: RCU tasks trace too) and the
 # deferred map-free work: settle until pod holds under 16 pages beside gen2 (12-16 KiB seen)
-_n=0
-until [ $(($(cg_read pod memory.current) - $(cg_read pod/gen2 memory.current))) -lt 65536 ] || [ $_n -ge 50 ]; do
-	mt_settle
-	_n=$((_n + 1))
-done
-note "old inner map gone after $_n settles"
+pod_beside_gen2_under() {
+	[ $(($(cg_read pod memory.current) - $(cg_read pod/gen2 memory.current))) -lt "$1" ]
+}
+mt_settle_until 50 pod_beside_gen2_under 65536
+note "old inner map gone after $MT_SETTLES settles"
 step recharge-old-dropped
 note "new inner map id $(mapctl inner-id $B/outer 0)"
