@@ -62,6 +62,25 @@ def kernel(request) -> str:
 _session_runs: dict[tuple[str, str], Path] = {}
 
 
+def p1_filled_reconciliation(ev, run_dir: Path):
+    """For the capture_live and trace-cmd script scenarios: /pod/p1's memory.current change
+    from step start to step filled (bytes), its counter's net page_counter movement in the
+    capture ``ev`` up to the filled marker (pages), and the movements table. The capture
+    starts after `start`; lib.sh's step writes `filled` into the capture's instance too, and
+    a p1 page freed late (RCU) after the filled reading, before the recorder stopped, is not
+    in that reading's change."""
+    from memtrace.analyses.charges import page_counter_movements, step_markers
+
+    steps = {s["name"]: s for s in json.loads((run_dir / "truth.json").read_text())["steps"]}
+    p1 = steps["filled"]["cgroups"]["/pod/p1"]
+    delta = p1["memory.current"] - steps["start"]["cgroups"]["/pod/p1"]["memory.current"]
+    mv = page_counter_movements(ev)
+    markers = step_markers(ev)
+    assert markers["step_name"].tolist() == ["filled"], markers
+    before = mv["row"] < int(markers["row"].iloc[0])
+    return delta, int(mv.loc[before & (mv["cgroup_id"] == p1["id"]), "signed_pages"].sum()), mv
+
+
 def session_run(name: str, kernel: str, root: Path, done: str, make) -> Path:
     """The folder of lab run NAME-KERNEL, made once per test session by ``make(out)``, or
     reused from MEMTRACE_LAB_RUNS/NAME-KERNEL when that folder has the file ``done``."""

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from memtrace.analyses.charges import page_counter_movements, step_markers
+from conftest import p1_filled_reconciliation
 from memtrace.sources.trace import load_trace
 
 pytestmark = pytest.mark.lab
@@ -95,17 +95,7 @@ def test_capture_in_guest_reconciles_with_memory_current(kernel, runs_root):
     missed = {p: n for p, n in summary["probe_misses"].items() if p in PAGE_COUNTER_PROBES and n}
     if missed:
         pytest.skip(f"page-counter probe hits missed in this run ({missed}): the sum would be short")
-    steps = {s["name"]: s for s in json.loads((run_dir / "truth.json").read_text())["steps"]}
-    p1 = steps["filled"]["cgroups"]["/pod/p1"]
-    delta = p1["memory.current"] - steps["start"]["cgroups"]["/pod/p1"]["memory.current"]
-    mv = page_counter_movements(ev)
+    delta, net_pages, mv = p1_filled_reconciliation(ev, run_dir)
     assert mv.attrs["entry_return_mismatches"] == 0 and mv.attrs["unpaired_entries"] == 0
-    # up to the filled marker (lib.sh's step writes it into this capture's instance too): a
-    # p1 page freed late (RCU) after the filled reading, before the recorder stopped, is not
-    # in that reading's Δ
-    markers = step_markers(ev)
-    assert markers["step_name"].tolist() == ["filled"], markers
-    before = mv["row"] < int(markers["row"].iloc[0])
-    net_pages = int(mv.loc[before & (mv["cgroup_id"] == p1["id"]), "signed_pages"].sum())
     assert delta > 100_000  # the hash elements and the array were charged to p1
     assert net_pages * 4096 == delta

@@ -11,12 +11,11 @@ found. Set MEMTRACE_LAB_RUNS=DIR to reuse DIR/tracecmd_script-<kernel>.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
-from memtrace.analyses.charges import page_counter_movements, step_markers
+from conftest import p1_filled_reconciliation
 from memtrace.sources.trace import load_trace, probedefs
 
 pytestmark = pytest.mark.lab
@@ -123,16 +122,6 @@ def test_generated_trace_cmd_script_records_and_cleans_up(kernel, runs_root):
     assert st.malformed == 0 and st.lost_events == 0, st.to_dict()
     names = set(ev["event"].astype(str))
     assert {"memtrace:pc_try_charge", "memtrace:pc_try_charge_ret", "memtrace:uncharge", "kmem:kmalloc"} <= names, names
-    steps = {s["name"]: s for s in json.loads((run_dir / "truth.json").read_text())["steps"]}
-    p1 = steps["filled"]["cgroups"]["/pod/p1"]
-    delta = p1["memory.current"] - steps["start"]["cgroups"]["/pod/p1"]["memory.current"]
-    mv = page_counter_movements(ev)
+    delta, net_pages, mv = p1_filled_reconciliation(ev, run_dir)
     assert mv.attrs["entry_return_mismatches"] == 0
-    # up to the filled marker (lib.sh's step writes it into this capture's instance too): a
-    # p1 page freed late (RCU) after the filled reading, before the recorder stopped, is not
-    # in that reading's Δ
-    markers = step_markers(ev)
-    assert markers["step_name"].tolist() == ["filled"], markers
-    before = mv["row"] < int(markers["row"].iloc[0])
-    net_pages = int(mv.loc[before & (mv["cgroup_id"] == p1["id"]), "signed_pages"].sum())
     assert delta > 100_000 and net_pages * 4096 == delta
