@@ -539,10 +539,10 @@ def render_trace_cmd(ps: ProbeSet, tracefs: str = "/sys/kernel/tracing", output:
     rm = [f"echo {_shq('-:' + p.event)} >> $T/kprobe_events" for p in reversed(ps.installable)]
     lines.append("cleanup() { " + "; ".join(rm + ["true"]) + "; }")
     lines.append("trap cleanup EXIT")
-    # its own tracefs instance (-B), so the top-level buffer is neither consumed nor reset, and
-    # the boot clock (-C), as `memtrace capture` and the lab use: timestamps join across captures
     lines.append("# stop it with Ctrl-C (SIGINT). Run in the background (sh this.sh &), trace-cmd starts with SIGINT")
     lines.append("# ignored and catches it only once recording: wait for SigCgt bit 1 in /proc/PID/status first")
+    # its own tracefs instance (-B), so the top-level buffer is neither consumed nor reset, and
+    # the boot clock (-C), as `memtrace capture` and the lab use: timestamps join across captures
     lines.append(f"trace-cmd record -B memtrace -C boot -o {output} " + " ".join(f"-e {e}" for e in evs))
     return "\n".join(lines) + "\n"
 
