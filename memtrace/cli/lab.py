@@ -25,35 +25,55 @@ def _say(msg: str) -> None:
 
 @lab_app.command("kernels")
 def kernels_cmd(
-    fetch: bool = typer.Option(False, "--fetch", help="Download the current build of every series (once)."),
+    fetch: bool = typer.Option(False, "--fetch", help="Download the named kernels (default: each series' pinned build), once."),
+    names: Optional[list[str]] = typer.Option(
+        None, "--kernel", "-k", metavar="KERNEL",
+        help="With --fetch: a series (its pinned build), a listed build or SERIES@latest; repeatable.",
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
-    """List the lab kernels and what is cached; --fetch downloads them."""
+    """List the lab's kernel builds, which are pinned, and what is cached; --fetch downloads them.
+
+    Example: memtrace lab kernels --fetch --kernel 6.1 --kernel 6.12 --kernel 6.12.118
+    """
     from memtrace.lab import kernels
 
+    if fetch:
+        for name in names or list(kernels.SERIES):
+            kernels.series_of(name)  # every name checked before any download
+        for name in names or list(kernels.SERIES):
+            kernels.fetch(name, progress=_say)
     rows = []
-    for name, series in kernels.SERIES.items():
-        k = kernels.fetch(name, progress=_say) if fetch else kernels.cached(name)
+    for name, b in kernels.BUILDS.items():
+        series = kernels.SERIES[b.series]
+        k = kernels.cached(name)
         rows.append(
             {
-                "series": name,
-                "meta_package": series.meta_package,
+                "name": name,
+                "series": b.series,
+                "pinned": series.pinned == name,
+                "pinned_on": series.pinned_on if series.pinned == name else None,
+                "package": b.package,
+                "package_version": b.version,
                 "suite": series.suite,
-                "release": k.release if k else None,
-                "package_version": k.package_version if k else None,
+                "release": b.release,
                 "vmlinux": str(k.vmlinux) if k else None,
                 "vmlinux_build_id": k.build_id if k else None,
             }
         )
     if json_out:
-        out.print_json(json.dumps({"cache": str(kernels.cache_dir()), "kernels": rows}))
+        out.print_json(json.dumps({"cache": str(kernels.cache_dir()), "pins": str(kernels.PINS_FILE), "kernels": rows}))
         return
-    t = Table(title=f"lab kernels (cache: {kernels.cache_dir()})")
-    for col in ("series", "suite", "release", "package_version", "vmlinux"):
+    t = Table(title=f"lab kernels (pins: {kernels.PINS_FILE.name}; cache: {kernels.cache_dir()})")
+    for col in ("name", "series", "pinned", "package_version", "release", "vmlinux"):
         t.add_column(col)
     for r in rows:
-        t.add_row(*[str(r[c]) if r[c] else "[dim]not fetched[/dim]" for c in ("series", "suite", "release", "package_version", "vmlinux")])
+        t.add_row(
+            r["name"], r["series"], f"yes, {r['pinned_on']}" if r["pinned"] else "",
+            r["package_version"], r["release"], r["vmlinux"] or "[dim]not fetched[/dim]",
+        )
     out.print(t)
+    err.print("--kernel SERIES means its pinned build; SERIES@latest the newest Debian build (memtrace lab drift).")
 
 
 @lab_app.command("scenarios")
@@ -76,7 +96,10 @@ def scenarios_cmd(json_out: bool = typer.Option(False, "--json", help="Print JSO
 @lab_app.command("run")
 def run_cmd(
     scenario: str = typer.Argument(..., help="A built-in scenario name, or the path of your own scenario script."),
-    kernel: str = typer.Option("6.1", "--kernel", "-k", help="Lab kernel series: 6.1 or 6.12."),
+    kernel: str = typer.Option(
+        "6.1", "--kernel", "-k", metavar="KERNEL",
+        help="A series (6.1, 6.12: its pinned build), a build listed by 'memtrace lab kernels', or SERIES@latest.",
+    ),
     out_dir: Path = typer.Option(..., "--out", "-o", help="Folder for meta.json, truth.json, trace.txt, serial.log, vmcore."),
     keep_running: bool = typer.Option(False, "--keep-running", help="Leave the guest up; print its QMP socket for drgn."),
     no_vmcore: bool = typer.Option(False, "--no-vmcore", help="Skip the vmcore dump."),
@@ -182,3 +205,47 @@ def _summary(res) -> None:
         f"scenario {tm.get('scenario_s')} s, vmcore {tm.get('vmcore_s', '-')} s",
         markup=False,
     )
+
+
+@lab_app.command("drift")
+def drift_cmd(
+    kernel: str = typer.Option(..., "--kernel", "-k", metavar="KERNEL", help="The base: a series (its pinned build) or a listed build."),
+    against: Optional[str] = typer.Option(None, "--against", metavar="KERNEL", help="The build to compare with (default: SERIES@latest)."),
+    scenarios: Optional[list[str]] = typer.Option(
+        None, "--scenario", "-s", metavar="SCENARIO", help="Scenarios to run on both (repeatable; default: restart, ghost, force, recharge)."),
+    out_dir: Path = typer.Option(..., "--output", "-o", metavar="DIR", help="Folder for the runs (SCENARIO-RELEASE/); complete runs there are reused."),
+    markdown: bool = typer.Option(False, "--markdown", help="Print a markdown table (for a commit message moving a pin)."),
+    json_out: bool = typer.Option(False, "--json", help="Print a JSON envelope (schema memtrace.drift.json/1)."),
+) -> None:
+    """Run the scenarios on a pinned build and a newer one and show what the kernel changed.
+
+    Facts compared: per step and /pod* cgroup, the change of memory.current and of
+    memory.events max/oom, memory.max, populated; each created map's memlock; the
+    scenario's counts (mapctl's done/failed). Byte facts count as changed beyond
+    max(4 pages, 2%), counts beyond max(2, 5%); a count going from zero to non-zero is a
+    behaviour change. Exit 1 when anything changed, 0 when nothing did.
+
+    Example: memtrace lab drift --kernel 6.12 --against 6.12.118 -o /tmp/drift
+    """
+    from memtrace.analyses.drift import BYTES_TOLERANCE, COUNT_TOLERANCE
+    from memtrace.errors import EXIT_FINDING
+    from memtrace.lab.drift import DEFAULT_SCENARIOS, drift_runs
+    from memtrace.render.drift import drift_json, drift_markdown, drift_table
+
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    res = drift_runs(kernel, against, tuple(scenarios or DEFAULT_SCENARIOS), out_dir, progress=_say)
+    base, new = res.base.release, res.new.release
+    if (base, res.base.package_version) == (new, res.new.package_version):
+        err.print(f"{kernel} and {against or 'latest'} are the same build ({base} {res.base.package_version}): nothing to compare")
+    if json_out:
+        info = lambda k: {"release": k.release, "package_version": k.package_version, "vmlinux_build_id": k.build_id}  # noqa: E731
+        out.print_json(json.dumps(drift_json(res.changes, info(res.base), info(res.new), res.scenarios,
+                                             {"bytes": list(BYTES_TOLERANCE), "count": list(COUNT_TOLERANCE)})))
+    elif markdown:
+        out.print(drift_markdown(res.changes, base, new), markup=False)
+    else:
+        out.print(drift_table(res.changes, base, new))
+        err.print(f"{len(res.changes)} facts changed ({int(res.changes['change'].eq('behaviour').sum())} behaviours); "
+                  f"runs in {out_dir}")
+    if len(res.changes):
+        raise typer.Exit(EXIT_FINDING)

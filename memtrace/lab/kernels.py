@@ -1,7 +1,11 @@
-"""The lab's kernels: Debian's cloud flavour of 6.1 (bookworm) and 6.12 (bookworm-security).
+"""The lab's kernels: Debian's cloud flavour of 6.1 and 6.12, pinned builds.
 
-Package versions are resolved at fetch time through the Debian meta-packages, so a new
-security upload is picked up without a code change. Everything lands in one cache folder,
+Which builds the lab boots is data, in ``kernels.toml`` beside this file: each series
+(6.1, 6.12) names a pinned build, and ``--kernel 6.12`` means that build, whatever Debian
+has published since. ``--kernel 6.12.118`` names another listed build; ``--kernel
+6.12@latest`` is the build the series' meta-package depends on when fetched (the drift
+track, ``memtrace lab drift``). A pinned build Debian no longer serves fails the fetch,
+naming the newest; nothing switches silently. Everything lands in one cache folder,
 ``$MEMTRACE_CACHE`` (default ``~/.cache/memtrace``)::
 
     kernels/<release>/vmlinuz        boot image
@@ -24,6 +28,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,20 +39,60 @@ from memtrace.sources.elf import read_build_id
 #: (so drgn and dump-guest-memory find the kernel), virtio-blk carries the results out.
 GUEST_MODULES = ("qemu_fw_cfg", "virtio_pci", "virtio_blk")
 
+#: The suffix of a kernel name that means "the series' newest build, resolved now".
+LATEST = "@latest"
+
+#: The pins; ``$MEMTRACE_KERNELS_TOML`` names another file of the same form (your own builds).
+PINS_FILE = Path(os.environ.get("MEMTRACE_KERNELS_TOML") or Path(__file__).with_name("kernels.toml"))
+
 
 @dataclass(frozen=True)
 class KernelSeries:
-    """A lab kernel series and the Debian meta-package that names its current build."""
+    """A lab kernel series: the meta-package that names its newest build, and its pin."""
 
     name: str
     meta_package: str
     suite: str
+    pinned: str  # a key of BUILDS
+    pinned_on: str  # ISO date
 
 
-SERIES = {
-    "6.1": KernelSeries("6.1", "linux-image-cloud-amd64", "bookworm"),
-    "6.12": KernelSeries("6.12", "linux-image-6.12-cloud-amd64", "bookworm-security"),
-}
+@dataclass(frozen=True)
+class Build:
+    """One Debian kernel build: image package (its -dbg package adds ``-dbg``) and version."""
+
+    name: str
+    series: str
+    package: str
+    version: str
+
+    @property
+    def release(self) -> str:
+        """``uname -r`` of the build, e.g. 6.1.0-56-cloud-amd64."""
+        return self.package.removeprefix("linux-image-")
+
+
+def _load_pins() -> tuple[dict[str, KernelSeries], dict[str, Build]]:
+    try:
+        data = tomllib.loads(PINS_FILE.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise InputError(f"{PINS_FILE}: cannot read the lab's kernel pins: {e}") from None
+    builds = {n: Build(n, b["series"], b["package"], b["version"]) for n, b in data["builds"].items()}
+    series = {
+        n: KernelSeries(n, s["meta_package"], s["suite"], s["pinned"], str(s["pinned_on"]))
+        for n, s in data["series"].items()
+    }
+    for s in series.values():
+        assert builds[s.pinned].series == s.name, f"{PINS_FILE}: pin of {s.name} is a {builds[s.pinned].series} build"
+    return series, builds
+
+
+SERIES, BUILDS = _load_pins()
+
+
+def kernel_names() -> list[str]:
+    """Every name ``--kernel`` takes: series (their pinned build), builds, SERIES@latest."""
+    return [*SERIES, *BUILDS, *(f"{s}{LATEST}" for s in SERIES)]
 
 
 def cache_dir() -> Path:
@@ -91,10 +136,22 @@ class Kernel:
 
 
 def series_of(name: str) -> KernelSeries:
-    try:
+    """The series of a kernel name (a series, a build, or SERIES@latest)."""
+    if name in SERIES:
         return SERIES[name]
-    except KeyError:
-        raise InputError(f"unknown kernel {name!r}; the lab has: {', '.join(SERIES)}") from None
+    if name in BUILDS:
+        return SERIES[BUILDS[name].series]
+    if name.endswith(LATEST) and name.removesuffix(LATEST) in SERIES:
+        return SERIES[name.removesuffix(LATEST)]
+    raise InputError(f"unknown kernel {name!r}; the lab has: {', '.join(kernel_names())}")
+
+
+def build_of(name: str) -> Build | None:
+    """The listed build a kernel name means (a series means its pin); None for SERIES@latest."""
+    series = series_of(name)
+    if name in BUILDS:
+        return BUILDS[name]
+    return None if name.endswith(LATEST) else BUILDS[series.pinned]
 
 
 def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
@@ -116,28 +173,43 @@ def resolve_package(series: KernelSeries) -> tuple[str, str]:
             f"apt-cache does not know {series.meta_package}; run 'apt-get update' (needs {series.suite} in sources)"
         )
     package = m.group(1)
-    pol = _run(["apt-cache", "policy", package]).stdout
-    vm = re.search(r"Candidate:\s*(\S+)", pol)
-    if not vm or vm.group(1) == "(none)":
+    versions = apt_versions(package)
+    if not versions:
         raise EnvironmentProblem(f"apt has no candidate for {package}; run 'apt-get update'")
-    return package, vm.group(1)
+    return package, versions[0]
 
 
-def cached(series_name: str) -> Kernel | None:
-    """The newest complete cached kernel of a series, or None."""
-    series_of(series_name)
-    found = []
+def apt_versions(package: str) -> list[str]:
+    """Versions of ``package`` in apt's lists, newest first (empty when apt does not know it)."""
+    pol = _run(["apt-cache", "policy", package]).stdout
+    table = pol.split("Version table:", 1)[1] if "Version table:" in pol else ""
+    vs = re.findall(r"^\s+(?:\*\*\*\s+)?(\S+)\s+-?\d+\s*$", table, re.M)
+    return sorted(set(vs), key=_version_key, reverse=True)
+
+
+def _read_cache(root: Path) -> dict | None:
+    meta = root / "kernel.json"
+    return json.loads(meta.read_text()) if meta.is_file() else None
+
+
+def cached(name: str) -> Kernel | None:
+    """The cached kernel a name means, or None. A series or build name matches only its
+    exact build and version; SERIES@latest, the newest cached build of the series."""
+    series = series_of(name)
+    build = build_of(name)
     kroot = cache_dir() / "kernels"
+    if build is not None:
+        info = _read_cache(kroot / build.release)
+        if info and info.get("package_version") == build.version:
+            return Kernel(series.name, build.release, build.version, kroot / build.release)
+        return None
+    found = []
     if kroot.is_dir():
         for d in kroot.iterdir():
-            meta = d / "kernel.json"
-            if meta.is_file():
-                info = json.loads(meta.read_text())
-                if info.get("series") == series_name:
-                    found.append(Kernel(series_name, info["release"], info["package_version"], d))
-    if not found:
-        return None
-    return sorted(found, key=lambda k: _version_key(k.package_version))[-1]
+            info = _read_cache(d)
+            if info and info.get("series") == series.name:
+                found.append(Kernel(series.name, info["release"], info["package_version"], d))
+    return max(found, key=lambda k: _version_key(k.package_version)) if found else None
 
 
 def _version_key(v: str) -> list:
@@ -190,26 +262,46 @@ def _run_bytes(cmd: list[str]) -> bytes:
     return subprocess.run(cmd, check=True, capture_output=True).stdout
 
 
-def fetch(series_name: str, *, progress=None) -> Kernel:
-    """Fetch (once) the current build of a series into the cache and return it.
+def fetch(name: str, *, progress=None) -> Kernel:
+    """Fetch (once) the build a kernel name means into the cache and return it.
 
-    If apt cannot resolve the series (no network, no package lists) but a build is cached,
-    the cached one is used.
+    A series or build name fetches exactly its listed build; when apt no longer lists that
+    version the fetch fails naming the newest build (never another build in its place).
+    SERIES@latest resolves the meta-package now; if apt cannot (no lists), the newest
+    cached build of the series is used.
     """
-    series = series_of(series_name)
-    try:
-        package, version = resolve_package(series)
-    except EnvironmentProblem:
-        have = cached(series_name)
+    series = series_of(name)
+    build = build_of(name)
+    if build is not None:
+        have = cached(name)
         if have is not None:
             return have
-        raise
+        package, version = build.package, build.version
+        known = apt_versions(package)
+        if version not in known:
+            try:
+                newest = " ".join(resolve_package(series))
+            except EnvironmentProblem:
+                newest = "unknown (apt-cache does not know the meta-package; run 'apt-get update')"
+            raise EnvironmentProblem(
+                f"kernel {name}: pinned build {package} {version} is not in apt's lists "
+                f"({'versions listed: ' + ', '.join(known) if known else 'run apt-get update, or Debian no longer serves it'}); "
+                f"newest {series.name} build: {newest}. Run 'memtrace lab drift --kernel {series.name}' and "
+                f"move the pin in {PINS_FILE.name}"
+            )
+    else:
+        try:
+            package, version = resolve_package(series)
+        except EnvironmentProblem:
+            have = cached(name)
+            if have is not None:
+                return have
+            raise
     release = package.removeprefix("linux-image-")
     root = cache_dir() / "kernels" / release
-    if (root / "kernel.json").is_file():
-        info = json.loads((root / "kernel.json").read_text())
-        if info.get("package_version") == version:
-            return Kernel(series_name, release, version, root)
+    info = _read_cache(root)
+    if info and info.get("package_version") == version:
+        return Kernel(series.name, release, version, root)
     for tool in ("apt-get", "dpkg-deb", "tar"):
         if shutil.which(tool) is None:
             raise EnvironmentProblem(f"{tool}: not found; memtrace's kernel fetch needs Debian's apt and dpkg")
@@ -245,7 +337,7 @@ def fetch(series_name: str, *, progress=None) -> Kernel:
         os.replace(boot / f"vmlinux-{release}", out / "vmlinux")
         os.replace(boot / f"System.map-{release}", out / "System.map")
         info = {
-            "series": series_name,
+            "series": series.name,
             "release": release,
             "package": package,
             "package_version": version,
@@ -256,4 +348,4 @@ def fetch(series_name: str, *, progress=None) -> Kernel:
         if root.exists():
             shutil.rmtree(root)
         os.replace(out, root)
-    return Kernel(series_name, release, version, root)
+    return Kernel(series.name, release, version, root)

@@ -205,6 +205,7 @@ def run(
                 "scenario": name,
                 "scenario_sha256": hashlib.sha256(script).hexdigest(),
                 "kernel": {
+                    "name": kernel_series,  # as asked: a series (its pinned build), a build, SERIES@latest
                     "series": kernel.series,
                     "release": kernel.release,
                     "package_version": kernel.package_version,
