@@ -40,6 +40,8 @@ PC_TRY = "pc_try_charge"
 PC_TRY_RET = "pc_try_charge_ret"
 PC_FORCE = "force_charge"
 PC_UNCHARGE = "uncharge"
+TRY = "try_charge"  # try_charge_memcg entry: cgid, gfp, nr
+TRY_RET = "try_charge_ret"  # its return: ret 0, or -ENOMEM for a refused charge
 MARKER_EVENT = "ftrace:print"
 STEP_MARKER = re.compile(r"memtrace_step (\d+) (\S+)")
 
@@ -51,6 +53,7 @@ REQUIRES = {
     "page_counter_movements": [PC_TRY, PC_TRY_RET],
     "step_markers": [MARKER_EVENT],
     "charges_by_step": [PC_TRY, PC_TRY_RET, MARKER_EVENT],
+    "charge_attempts": [TRY, TRY_RET],
 }
 
 #: kinds of movement rows
@@ -83,6 +86,49 @@ def _require(events: pd.DataFrame, analysis: str) -> None:
 def _arg(args: pd.Series, rx: re.Pattern, base: int) -> pd.Series:
     got = args.astype("string").str.extract(rx, expand=False)
     return pd.Series([int(v, base) if isinstance(v, str) else pd.NA for v in got], index=args.index, dtype="UInt64")
+
+
+def _thread_key(pid, cpu) -> tuple:
+    """Entry/return pairing key: idle (pid 0) runs one task per CPU; every other thread is its own."""
+    return (pid, cpu if pid in (0, None) else None)
+
+
+def charge_attempts(events: pd.DataFrame) -> pd.DataFrame:
+    """One row per completed ``try_charge_memcg`` call of the capture, at its return event.
+
+    Columns: ``row`` (position of the return in `events`), ``ts_ns``, ``cpu``, ``pid``,
+    ``comm``, ``cgroup_id`` (the memcg charged), ``gfp`` (gfp_mask), ``pages`` (nr_pages),
+    ``ret`` (0, or -12: the charge was refused with -ENOMEM; a refused charge is never
+    forced). Entry and return are paired per thread, last in first out, as in
+    ``page_counter_movements``. ``attrs``: ``unpaired_entries``, ``unpaired_returns``."""
+    _require(events, "charge_attempts")
+    ev = events.reset_index(drop=True)
+    name = _short(ev["event"])
+    sel = name.isin([TRY, TRY_RET]) & ~ev["event"].astype(str).eq(MARKER_EVENT)
+    t = ev[sel]
+    kinds = name[sel].to_numpy()
+    cols = {c: t[c].to_numpy(dtype=object, na_value=None) for c in ("pid", "cpu", "cgroup_id", "gfp", "pages", "ret")}
+    comm = t["comm"].astype("string").to_numpy(dtype=object, na_value=None)
+    ts, rows = t["ts_ns"].to_numpy(), t.index.to_numpy()
+    stacks: dict[tuple, list[tuple]] = {}
+    out: list[tuple] = []
+    unpaired_returns = 0
+    for i in range(len(t)):
+        key = _thread_key(cols["pid"][i], cols["cpu"][i])
+        if kinds[i] == TRY:
+            stacks.setdefault(key, []).append((cols["cgroup_id"][i], cols["gfp"][i], cols["pages"][i]))
+            continue
+        st = stacks.get(key)
+        if not st:
+            unpaired_returns += 1
+            continue
+        cgid, gfp, nr = st.pop()
+        out.append((rows[i], ts[i], cols["cpu"][i], cols["pid"][i], comm[i], cgid, gfp, nr, cols["ret"][i]))
+    df = pd.DataFrame(out, columns=["row", "ts_ns", "cpu", "pid", "comm", "cgroup_id", "gfp", "pages", "ret"])
+    df = df.astype({"row": "int64", "ts_ns": "int64", "cpu": "Int32", "pid": "Int32", "comm": "string",
+                    "cgroup_id": "UInt64", "gfp": "UInt64", "pages": "Int64", "ret": "Int64"})
+    df.attrs.update(unpaired_entries=sum(len(s) for s in stacks.values()), unpaired_returns=unpaired_returns)
+    return df
 
 
 def page_counter_movements(events: pd.DataFrame) -> pd.DataFrame:
@@ -120,8 +166,7 @@ def page_counter_movements(events: pd.DataFrame) -> pd.DataFrame:
     unpaired_returns = mismatches = 0
     for i in range(len(pc)):
         k = kinds[i]
-        # idle (pid 0) runs one task per CPU; every other thread is its own key
-        key = (pids[i], cpus[i] if pids[i] in (0, None) else None)
+        key = _thread_key(pids[i], cpus[i])
         if k == PC_TRY:
             stacks.setdefault(key, []).append((counters[i], cgids[i], pages[i]))
             continue
@@ -196,7 +241,7 @@ def _ancestors(truth: pd.DataFrame) -> tuple[dict[int, list[int]], dict[int, str
 COLUMNS = (
     "step", "step_name", "cgroup_id", "path",
     "charged_pages", "forced_pages", "uncharged_pages", "try_charges", "failed_try_charges", "force_charges",
-    "net_bytes", "memory_current_bytes", "delta_memory_current_bytes", "residual_bytes",
+    "net_bytes", "memory_current_bytes", "delta_memory_current_bytes", "residual_bytes", "refused_charges",
 )
 
 
@@ -219,6 +264,8 @@ def charges_by_step(events: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
     delta (null where delta is). ``attrs`` carries the pairing counts of
     `page_counter_movements`, ``movements_after_last_marker``, ``movements_without_cgroup``
     (the cgid fetch faulted) and ``unknown_cgroup_ids``
+    ``refused_charges``: try_charge_memcg calls on the cgroup or a descendant that returned
+    -ENOMEM (from the try_charge/try_charge_ret probes; null when the capture lacks them);
     (counter owners that are no cgroup of the truth table: counters that are not
     ``memcg->memory``, or cgroups made and removed between two steps).
     """
@@ -304,6 +351,7 @@ def charges_by_step(events: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
     res["delta_memory_current_bytes"] = pd.array([delta(s, c) for s, c in zip(res["step"], res["cgroup_id"])],
                                                  dtype="Int64")
     res["residual_bytes"] = (res["net_bytes"].astype("Int64") - res["delta_memory_current_bytes"]).astype("Int64")
+    res["refused_charges"] = _refused_by_step(ev, marks, chain, res)
     res["cgroup_id"] = res["cgroup_id"].astype("UInt64")
     res = res[list(COLUMNS)].sort_values(["step", "path", "cgroup_id"], kind="stable").reset_index(drop=True)
     res.attrs.update(mv.attrs)
@@ -312,4 +360,22 @@ def charges_by_step(events: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
     return res
 
 
-__all__ = ["REQUIRES", "MissingEvents", "page_counter_movements", "step_markers", "charges_by_step"]
+def _refused_by_step(ev: pd.DataFrame, marks: pd.DataFrame, chain: dict, res: pd.DataFrame) -> pd.Series:
+    """Refused try_charge_memcg calls (ret != 0) per row of ``res``, hierarchical like the
+    other counts; null everywhere when the capture has no try_charge/try_charge_ret events."""
+    names = set(_short(ev["event"]).unique())
+    if not {TRY, TRY_RET} <= names:
+        return pd.Series(pd.NA, index=res.index, dtype="Int64")
+    a = charge_attempts(ev)
+    a = a[a["ret"].fillna(0).ne(0) & a["cgroup_id"].notna()]
+    pos = np.searchsorted(marks["row"].to_numpy(), a["row"].to_numpy(), side="left")
+    keep = pos < len(marks)
+    counts: dict[tuple[int, int], int] = {}
+    for step, cid in zip(marks["step"].to_numpy()[pos[keep]], a["cgroup_id"].to_numpy()[keep]):
+        for c in chain.get(int(cid), [int(cid)]):
+            counts[(int(step), c)] = counts.get((int(step), c), 0) + 1
+    return pd.Series([counts.get((int(s), int(c)), 0) for s, c in zip(res["step"], res["cgroup_id"])],
+                     index=res.index, dtype="Int64")
+
+
+__all__ = ["REQUIRES", "MissingEvents", "charge_attempts", "page_counter_movements", "step_markers", "charges_by_step"]
