@@ -180,16 +180,17 @@ def test_inferred_map_alloc_percpu_uncharged(each):
     np_values = a[(a["name"] == "pcpu_hash_np") & (a["role"] == "value")]
     np_id = int(s.maps.loc[s.maps["name"] == "pcpu_hash_np", "map_id"].iloc[0])
     elements = s.allocations[(s.allocations["map_id"] == np_id) & (s.allocations["role"] == "element")]
-    # one value per live element; the fill asks for 500, but a GFP_NOWAIT per-CPU
-    # allocation can fail under TCG (seen on 6.12: 499 elements, memlock 168 B lower)
-    assert len(np_values) == len(elements) and len(elements) >= 490
+    # one value per live element. A GFP_NOWAIT per-CPU allocation fails when the percpu
+    # allocator's atomic reserve is dry (seen: 499 and, on a loaded machine, 237 of 500);
+    # the scenario fills again until none fails, so all 500 are there.
+    assert len(np_values) == len(elements) == 500
     assert np_values[~np_values["has_vec"]]["objcg"].isna().all()
     a = a[a["has_vec"]]
     at_create = a[a["role"].isin(["map_locked", "elem_count", "extra_elems"]) | (a["role"] == "value") & (a["flags"] & 1 == 0)]
     assert set(at_create["name"]) >= {"percpu_hash", "lru_pcpu_hash", "percpu_array"}
     assert at_create["objcg"].isna().all()
     later = a[(a["name"] == "pcpu_hash_np") & (a["role"] == "value")]
-    assert len(later) >= 490 and later["objcg"].notna().all()
+    assert len(later) == 500 and later["objcg"].notna().all()
 
 
 def test_qmp_equals_vmcore(kernel, tmp_path):
