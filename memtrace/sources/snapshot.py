@@ -11,7 +11,6 @@ faults are counted and reported, and the maps they touched are marked incomplete
 from __future__ import annotations
 
 import os
-import struct
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,35 +30,20 @@ Progress = Callable[[str, int, int], None]
 
 def _check_elf_core(path: Path) -> None:
     """One-line InputError if ``path`` is not a readable, complete ELF core."""
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            hdr = f.read(64)
-            if hdr[:4] != b"\x7fELF":
-                raise InputError(f"{path}: not an ELF vmcore (kdump-compressed and flattened formats are not supported here)")
-            if hdr[4] != 2:
-                raise InputError(f"{path}: not a 64-bit ELF vmcore")
-            e_type = struct.unpack_from("<H", hdr, 16)[0]
-            if e_type != 4:
-                raise InputError(f"{path}: ELF file is not a core dump (e_type {e_type})")
-            phoff = struct.unpack_from("<Q", hdr, 0x20)[0]
-            phentsize, phnum = struct.unpack_from("<HH", hdr, 0x36)
-            f.seek(phoff)
-            ph = f.read(phentsize * phnum)
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except PermissionError:
-        raise EnvironmentProblem(f"{path}: permission denied") from None
-    except IsADirectoryError:
-        raise InputError(f"{path}: is a directory, not a vmcore") from None
-    if len(ph) < phentsize * phnum:
-        raise InputError(f"{path}: truncated vmcore (program headers cut off)")
-    end = 0
-    for i in range(phnum):
-        p_offset, p_vaddr, p_paddr, p_filesz = struct.unpack_from("<QQQQ", ph, i * phentsize + 8)
-        end = max(end, p_offset + p_filesz)
-    if end > size:
-        raise InputError(f"{path}: truncated vmcore ({size:,} bytes, its segments need {end:,})")
+    from memtrace.sources.elf import ET_CORE, ElfFile
+
+    with ElfFile(
+        path, what="vmcore",
+        not_elf="not an ELF vmcore (kdump-compressed and flattened formats are not supported here)",
+    ) as elf:
+        if elf.e_type != ET_CORE:
+            raise elf.error(f"ELF file is not a core dump (e_type {elf.e_type})")
+        segments = elf.segments()
+        if not segments:
+            raise elf.error("ELF core has no program headers, so no memory to read")
+        end = max(s.offset + s.filesz for s in segments)
+        if end > elf.size:
+            raise elf.error(f"truncated vmcore ({elf.size:,} bytes, its segments need {end:,})")
 
 
 def _vmcoreinfo(prog) -> dict[str, str]:

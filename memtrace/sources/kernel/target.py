@@ -18,14 +18,14 @@ live host's tracefs.
 from __future__ import annotations
 
 import bisect
-import mmap
 import os
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from memtrace.errors import EnvironmentProblem, InputError
-from memtrace.sources.kernel.typeinfo import BtfTypes, DwarfTypes, TypeInfo, elf_section
+from memtrace.sources.elf import SHT_NOBITS, ElfFile
+from memtrace.sources.kernel.typeinfo import BtfTypes, DwarfTypes, TypeInfo
 
 README_BTF_ARGS = b"<argname>[->field"
 README_RETPROBE_ARGS = b"kernel return probes support: $retval, $arg<N>"
@@ -64,33 +64,21 @@ class KernelTarget:
 # -- vmlinux ------------------------------------------------------------------------------
 
 
-def _elf_sections(mv: memoryview) -> list[tuple[str, int, int, int, int]]:
-    """(name, type, addr, offset, size) of every section."""
-    shoff, = struct.unpack_from("<Q", mv, 0x28)
-    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", mv, 0x3A)
-    rows = [struct.unpack_from("<IIQQQQII", mv, shoff + i * shentsize) for i in range(shnum)]
-    soff, ssize = rows[shstrndx][4], rows[shstrndx][5]
-    names = bytes(mv[soff : soff + ssize])
-    out = []
-    for name_off, sh_type, _flags, addr, off, size, _link, _info in rows:
-        out.append((names[name_off : names.index(b"\0", name_off)].decode(), sh_type, addr, off, size))
-    return out
-
-
-def _symbols(mv: memoryview, sections) -> tuple[list[tuple[int, int, str]], dict[str, int]]:
+def _symbols(elf: ElfFile) -> tuple[list[tuple[int, int, str]], dict[str, int]]:
     """(sorted function symbols (addr, size, name), all symbol name -> addr) from .symtab."""
-    by = {s[0]: s for s in sections}
-    if ".symtab" not in by or ".strtab" not in by:
-        raise InputError("vmlinux has no .symtab (stripped?)")
-    _, _, _, soff, ssize = by[".symtab"]
-    _, _, _, stroff, strsize = by[".strtab"]
-    strtab = bytes(mv[stroff : stroff + strsize])
+    symtab, strtab = elf.section_data(".symtab"), elf.section_data(".strtab")
+    if symtab is None or strtab is None:
+        raise elf.error("vmlinux has no .symtab (stripped?)")
     funcs = []
     addrs: dict[str, int] = {}
-    for name_off, info, _other, _shndx, value, size in struct.iter_unpack("<IBBHQQ", mv[soff : soff + ssize]):
+    n = len(symtab) // 24
+    for i, (name_off, info, _other, _shndx, value, size) in enumerate(struct.iter_unpack("<IBBHQQ", symtab[: n * 24])):
         if not name_off:
             continue
-        name = strtab[name_off : strtab.index(b"\0", name_off)].decode(errors="replace")
+        j = strtab.find(b"\0", name_off) if name_off < len(strtab) else -1
+        if j < 0:
+            raise elf.error(f"bad .symtab: symbol {i}'s name (offset {name_off}) is outside .strtab")
+        name = strtab[name_off:j].decode(errors="replace")
         addrs.setdefault(name, value)
         if info & 0xF == 2:  # STT_FUNC
             funcs.append((value, size, name))
@@ -98,40 +86,26 @@ def _symbols(mv: memoryview, sections) -> tuple[list[tuple[int, int, str]], dict
     return funcs, addrs
 
 
-def _read_va(mv: memoryview, sections, va: int, size: int) -> memoryview:
-    for _name, sh_type, addr, off, ssize in sections:
-        if sh_type != 8 and addr and addr <= va and va + size <= addr + ssize:
-            return mv[off + va - addr : off + va - addr + size]
-    raise InputError(f"vmlinux: address {va:#x} is in no section with file contents")
+def _read_va(elf: ElfFile, va: int, size: int) -> bytes:
+    for s in elf.sections():
+        if s.type != SHT_NOBITS and s.addr and s.addr <= va and va + size <= s.addr + s.size:
+            return elf.bytes_at(s.offset + va - s.addr, size, f"{size:,} bytes at address {va:#x} in section {s.name}")
+    raise elf.error(f"vmlinux: address {va:#x} is in no section with file contents")
 
 
 def vmlinux_target(vmlinux: str | Path, *, use_dwarf: bool = True) -> KernelTarget:
     """Everything probe generation needs, from a vmlinux with symbols (+ DWARF and/or BTF)."""
     path = Path(vmlinux)
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError as e:
-        raise InputError(f"{path}: {e.strerror}") from None
-    try:
-        with mmap.mmap(fd, 0, prot=mmap.PROT_READ) as mm:
-            mv = memoryview(mm)
-            try:
-                if bytes(mv[:4]) != b"\x7fELF":
-                    raise InputError(f"{path}: not an ELF file")
-                sections = _elf_sections(mv)
-                funcs, addrs = _symbols(mv, sections)
-                traceable = _fentry_functions(mv, sections, funcs, addrs)
-                rodata = next((s for s in sections if s[0] == ".rodata"), None)
-                ro = bytes(mv[rodata[3] : rodata[3] + rodata[4]]) if rodata else b""
-                btf_sec = elf_section(mv, ".BTF")
-                btf = BtfTypes(bytes(btf_sec), f"BTF section of {path}") if btf_sec is not None else None
-                del btf_sec
-                release = _banner_release(ro)
-                has_dwarf = any(s[0] == ".debug_info" for s in sections)
-            finally:
-                mv.release()
-    finally:
-        os.close(fd)
+    with ElfFile(path, what="vmlinux") as elf:
+        sections = elf.sections()
+        funcs, addrs = _symbols(elf)
+        traceable = _fentry_functions(elf, funcs, addrs)
+        ro = elf.section_data(".rodata") or b""
+        btf_data = elf.section_data(".BTF")
+        btf = BtfTypes(btf_data, f"BTF section of {path}") if btf_data is not None else None
+        del btf_data
+        release = _banner_release(ro)
+        has_dwarf = any(s.name == ".debug_info" for s in sections)
     types: TypeInfo
     notes = []
     if use_dwarf and has_dwarf:
@@ -164,11 +138,13 @@ def _banner_release(rodata: bytes) -> str | None:
     return rodata[i + 14 : rodata.index(b" ", i + 14)].decode(errors="replace")
 
 
-def _fentry_functions(mv, sections, funcs, addrs) -> set[str]:
+def _fentry_functions(elf: ElfFile, funcs, addrs) -> set[str]:
     start, stop = addrs.get("__start_mcount_loc"), addrs.get("__stop_mcount_loc")
     if start is None or stop is None:
-        raise InputError("vmlinux has no __start_mcount_loc/__stop_mcount_loc (built without CONFIG_DYNAMIC_FTRACE?)")
-    sites = [a for (a,) in struct.iter_unpack("<Q", _read_va(mv, sections, start, stop - start))]
+        raise elf.error("vmlinux has no __start_mcount_loc/__stop_mcount_loc (built without CONFIG_DYNAMIC_FTRACE?)")
+    if stop < start or (stop - start) % 8:
+        raise elf.error(f"vmlinux: __mcount_loc runs from {start:#x} to {stop:#x}, not a list of addresses")
+    sites = [a for (a,) in struct.iter_unpack("<Q", _read_va(elf, start, stop - start))]
     starts = [f[0] for f in funcs]
     out = set()
     for site in sites:
@@ -181,7 +157,7 @@ def _fentry_functions(mv, sections, funcs, addrs) -> set[str]:
                 out.add(name)
             j -= 1
     if not out:
-        raise InputError("vmlinux: __mcount_loc lists no sites inside functions (relocations not applied?)")
+        raise elf.error("vmlinux: __mcount_loc lists no sites inside functions (relocations not applied?)")
     return out
 
 

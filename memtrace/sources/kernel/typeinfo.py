@@ -104,74 +104,109 @@ class _BtfType:
     extra: object = None  # int encoding / members / params / enum values / array
 
 
-def elf_section(data: bytes | memoryview, wanted: str) -> memoryview | None:
-    """The bytes of section ``wanted`` of a 64-bit little-endian ELF image, or None."""
-    mv = memoryview(data)
-    if bytes(mv[:4]) != b"\x7fELF" or mv[4] != 2 or mv[5] != 1:
-        return None
-    shoff, = struct.unpack_from("<Q", mv, 0x28)
-    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", mv, 0x3A)
-    def sh(i):
-        return struct.unpack_from("<IIQQQQ", mv, shoff + i * shentsize)
-    _, _, _, _, str_off, str_size = sh(shstrndx)
-    names = bytes(mv[str_off : str_off + str_size])
-    for i in range(shnum):
-        name_off, sh_type, _flags, _addr, off, size = sh(i)
-        name = names[name_off : names.index(b"\0", name_off)].decode()
-        if name == wanted and sh_type != 8:  # not NOBITS
-            return mv[off : off + size]
-    return None
+#: bytes after the 12-byte common header: (fixed, per vlen item); kinds not listed are unknown
+_BTF_EXTRA = {
+    K_INT: (4, 0), K_PTR: (0, 0), K_ARRAY: (12, 0), K_STRUCT: (0, 12), K_UNION: (0, 12), K_ENUM: (0, 8),
+    K_FWD: (0, 0), K_TYPEDEF: (0, 0), K_VOLATILE: (0, 0), K_CONST: (0, 0), K_RESTRICT: (0, 0), K_FUNC: (0, 0),
+    K_FUNC_PROTO: (0, 8), K_VAR: (4, 0), K_DATASEC: (0, 12), K_FLOAT: (0, 0), K_DECL_TAG: (4, 0),
+    K_TYPE_TAG: (0, 0), K_ENUM64: (0, 12),
+}
+
+#: kinds whose size_or_type is a type id
+_REFERS = frozenset((K_PTR, K_TYPEDEF, K_VOLATILE, K_CONST, K_RESTRICT, K_FUNC, K_TYPE_TAG))
 
 
 class BtfTypes(TypeInfo):
-    """A minimal BTF reader (the kernel's ``include/uapi/linux/btf.h`` format, little-endian)."""
+    """A minimal BTF reader (the kernel's ``include/uapi/linux/btf.h`` format, little-endian).
+
+    Every offset is checked: a cut or corrupt BTF blob is an InputError naming ``source`` and
+    the byte offset where it went wrong, not an IndexError or struct.error."""
 
     def __init__(self, data: bytes, source: str):
         self.source = source
         mv = memoryview(data)
-        magic, version, _flags, hdr_len, type_off, type_len, str_off, str_len = struct.unpack_from("<HBBIIIII", mv, 0)
+        size = len(mv)
+        if size == 0:
+            raise InputError(f"{source}: empty file, not BTF")
+        if size < 2:
+            raise InputError(f"{source}: not BTF (1 byte)")
+        magic = struct.unpack_from("<H", mv, 0)[0]
         if magic != BTF_MAGIC:
-            raise InputError(f"{source}: not BTF (magic {magic:#x})")
+            raise InputError(f"{source}: not BTF (magic {magic:#x} at offset 0, want {BTF_MAGIC:#x})")
+        if size < 24:
+            raise InputError(f"{source}: truncated BTF: {size} bytes, the header needs 24")
+        magic, version, _flags, hdr_len, type_off, type_len, str_off, str_len = struct.unpack_from("<HBBIIIII", mv, 0)
+        if hdr_len < 24 or hdr_len > size:
+            raise InputError(f"{source}: corrupt BTF header: header length {hdr_len} (file {size} bytes)")
+        for what, off, ln in (("type", type_off, type_len), ("string", str_off, str_len)):
+            if hdr_len + off + ln > size:
+                raise InputError(
+                    f"{source}: truncated BTF: the {what} section at offset {hdr_len + off:#x} ({ln:,} bytes) "
+                    f"ends past the end of the data ({size:,} bytes)"
+                )
         strs = bytes(mv[hdr_len + str_off : hdr_len + str_off + str_len])
+        nstrs = len(strs)
         self._strs = strs
         types: list[_BtfType | None] = [None]  # id 0 is void
         p = hdr_len + type_off
         end = p + type_len
         u = struct.unpack_from
+        extra_of = _BTF_EXTRA
+        # the largest type id any record refers to, and that record (id, offset): checked at the end
+        max_ref, max_ref_at = 0, (0, 0)
         while p < end:
+            at = p
+            if p + 12 > end:
+                raise InputError(f"{source}: truncated BTF: type {len(types)} at offset {at:#x} is cut off by the end of the type section ({end:#x})")
             name_off, info, st = u("<III", mv, p)
             p += 12
             kind = (info >> 24) & 0x1F
             vlen = info & 0xFFFF
             kflag = bool(info >> 31)
-            t = _BtfType(kind, self._str(name_off), st, vlen, kflag)
+            extra_len = extra_of.get(kind)
+            if extra_len is None:
+                raise InputError(f"{source}: unknown BTF kind {kind} at type {len(types)} (offset {at:#x})")
+            need = extra_len[0] + extra_len[1] * vlen
+            if p + need > end:
+                raise InputError(
+                    f"{source}: truncated BTF: type {len(types)} (kind {kind}) at offset {at:#x} needs {12 + need} bytes, "
+                    f"the type section ends at {end:#x}"
+                )
+            j = strs.find(b"\0", name_off) if name_off < nstrs else -1
+            if j < 0:
+                raise InputError(
+                    f"{source}: corrupt BTF: type {len(types)} at offset {at:#x} has name offset {name_off}, "
+                    f"outside the string section ({nstrs:,} bytes)"
+                )
+            t = _BtfType(kind, strs[name_off:j].decode(errors="replace"), st, vlen, kflag)
+            ref = 0
             if kind == K_INT:
                 t.extra = u("<I", mv, p)[0]
-                p += 4
             elif kind == K_ARRAY:
                 t.extra = u("<III", mv, p)
-                p += 12
+                ref = max(t.extra[0], t.extra[1])
             elif kind in (K_STRUCT, K_UNION):
                 t.extra = [u("<III", mv, p + 12 * i) for i in range(vlen)]
-                p += 12 * vlen
+                if vlen:
+                    ref = max(m[1] for m in t.extra)
             elif kind == K_ENUM:
                 t.extra = [u("<Ii", mv, p + 8 * i) for i in range(vlen)]
-                p += 8 * vlen
             elif kind == K_ENUM64:
                 t.extra = [(a, b | (c << 32)) for a, b, c in (u("<III", mv, p + 12 * i) for i in range(vlen))]
-                p += 12 * vlen
             elif kind == K_FUNC_PROTO:
                 t.extra = [u("<II", mv, p + 8 * i) for i in range(vlen)]
-                p += 8 * vlen
-            elif kind == K_VAR:
-                p += 4
-            elif kind == K_DATASEC:
-                p += 12 * vlen
-            elif kind == K_DECL_TAG:
-                p += 4
-            elif kind not in (K_PTR, K_FWD, K_TYPEDEF, K_VOLATILE, K_CONST, K_RESTRICT, K_FUNC, K_FLOAT, K_TYPE_TAG):
-                raise InputError(f"{source}: unknown BTF kind {kind} at type {len(types)}")
+                ref = max(st, *(a[1] for a in t.extra)) if vlen else st
+            elif kind in _REFERS:
+                ref = st
+            if ref > max_ref:
+                max_ref, max_ref_at = ref, (len(types), at)
+            p += need
             types.append(t)
+        if max_ref >= len(types):
+            raise InputError(
+                f"{source}: corrupt BTF: type {max_ref_at[0]} at offset {max_ref_at[1]:#x} refers to type {max_ref}, "
+                f"but there are {len(types) - 1} types"
+            )
         self._types = types
         self._by_name: dict[tuple[int, str], int] = {}
         for i, t in enumerate(types):
@@ -182,24 +217,43 @@ class BtfTypes(TypeInfo):
     @classmethod
     def from_file(cls, path: str | Path) -> "BtfTypes":
         """Raw BTF (``/sys/kernel/btf/vmlinux``, ``bpftool btf dump`` input) or an ELF's ``.BTF``."""
+        from memtrace.sources.elf import ElfFile
+
         path = Path(path)
+        try:
+            with open(path, "rb") as f:
+                magic = f.read(4)
+        except FileNotFoundError:
+            raise InputError(f"{path}: no such file") from None
+        except IsADirectoryError:
+            raise InputError(f"{path}: is a directory, not a BTF file") from None
+        except OSError as e:
+            raise InputError(f"{path}: {e.strerror}") from None
+        if magic == b"\x7fELF":
+            with ElfFile(path) as elf:
+                sec = elf.section_data(".BTF")
+            if sec is None:
+                raise InputError(f"{path}: ELF file has no .BTF section (kernel built without CONFIG_DEBUG_INFO_BTF?)")
+            return cls(sec, f"BTF section of {path}")
         try:
             data = path.read_bytes()
         except OSError as e:
             raise InputError(f"{path}: {e.strerror}") from None
-        if data[:4] == b"\x7fELF":
-            sec = elf_section(data, ".BTF")
-            if sec is None:
-                raise InputError(f"{path}: ELF file has no .BTF section (kernel built without CONFIG_DEBUG_INFO_BTF?)")
-            return cls(bytes(sec), f"BTF section of {path}")
         return cls(data, f"BTF {path}")
 
     def _str(self, off: int) -> str:
-        return self._strs[off : self._strs.index(b"\0", off)].decode()
+        j = self._strs.find(b"\0", off) if off < len(self._strs) else -1
+        if j < 0:
+            raise InputError(f"{self.source}: corrupt BTF: string offset {off} is outside the string section ({len(self._strs):,} bytes)")
+        return self._strs[off:j].decode(errors="replace")
 
     def _strip(self, tid: int) -> int:
+        start, steps = tid, 0
         while tid and self._types[tid].kind in _QUALS:
             tid = self._types[tid].size_or_type
+            steps += 1
+            if steps > 64:
+                raise InputError(f"{self.source}: corrupt BTF: type {start} is a loop of typedefs/qualifiers")
         return tid
 
     def struct_type(self, name: str) -> int:
@@ -266,6 +320,8 @@ class BtfTypes(TypeInfo):
         if tid is None:
             return None
         proto = self._types[self._types[tid].size_or_type]
+        if proto is None or proto.kind != K_FUNC_PROTO:
+            raise InputError(f"{self.source}: corrupt BTF: FUNC {name} (type {tid}) does not refer to a FUNC_PROTO")
         return [(self._str(n), ptype) for n, ptype in proto.extra]
 
     def has_func_record(self, name: str) -> bool:
