@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import zipfile
+import zlib
 from pathlib import Path
 
 import pandas as pd
@@ -33,9 +34,20 @@ def save(snap: Snapshot, path: Path) -> None:
     tmp.replace(path)
 
 
+#: header.json keys memtrace reads, and the JSON type each must have
+_HEADER_TYPES = {"kernel": dict, "target": dict, "faults": int, "complete": bool, "notes": list}
+
+#: what reading a damaged zip member can raise (bad CRC, bad deflate stream, cut file)
+_ZIP_READ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError)
+
+
 def load(path: Path) -> Snapshot:
     """Read a snapshot file; InputError with a one-line reason if it is not one."""
+    import pyarrow as pa
+
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory, not a memtrace snapshot file")
     try:
         z = zipfile.ZipFile(path)
     except FileNotFoundError:
@@ -44,20 +56,54 @@ def load(path: Path) -> Snapshot:
         raise InputError(f"{path}: not a memtrace snapshot file ({e})") from None
     with z:
         try:
-            header = json.loads(z.read("header.json"))
-        except (KeyError, ValueError):
+            raw = z.read("header.json")
+        except KeyError:
             raise InputError(f"{path}: not a memtrace snapshot file (no header.json)") from None
+        except _ZIP_READ_ERRORS as e:
+            raise InputError(f"{path}: damaged snapshot file: cannot read header.json: {_one_line(e)}") from None
+        try:
+            header = json.loads(raw)
+        except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+            raise InputError(f"{path}: damaged snapshot file: header.json is not JSON ({_one_line(e)})") from None
+        if not isinstance(header, dict):
+            raise InputError(f"{path}: damaged snapshot file: header.json is a JSON {type(header).__name__}, not an object")
         if header.get("schema") != SCHEMA_VERSION:
             raise InputError(f"{path}: snapshot schema {header.get('schema')!r}, this memtrace reads {SCHEMA_VERSION!r}")
+        for key, typ in _HEADER_TYPES.items():
+            if key in header and not isinstance(header[key], typ):
+                raise InputError(
+                    f"{path}: damaged snapshot file: header.json {key!r} is {type(header[key]).__name__}, want {typ.__name__}"
+                )
         frames = {}
         for name in TABLES:
+            member = f"{name}.parquet"
             try:
-                df = pd.read_parquet(io.BytesIO(z.read(f"{name}.parquet")))
+                blob = z.read(member)
             except KeyError:
                 raise InputError(f"{path}: snapshot lacks table {name!r}") from None
-            df = coerce(name, df)
+            except _ZIP_READ_ERRORS as e:
+                raise InputError(f"{path}: damaged snapshot file: cannot read {member}: {_one_line(e)}") from None
+            try:
+                df = pd.read_parquet(io.BytesIO(blob))
+            # the scope is one library call decoding the file's bytes: ArrowInvalid / ArrowIOError
+            # for a damaged page or footer, and KeyError / TypeError / ValueError from pyarrow's
+            # pandas_compat when the pandas metadata JSON inside the Parquet footer is damaged
+            except (pa.ArrowException, OSError, KeyError, TypeError, ValueError) as e:
+                raise InputError(f"{path}: damaged snapshot file: {member} is not a readable Parquet table ({_one_line(e)})") from None
+            missing = [c.name for c in TABLES[name] if c.name not in df.columns]
+            if missing:
+                raise InputError(f"{path}: table {name!r} lacks column(s) {', '.join(missing)}")
+            try:
+                df = coerce(name, df)
+            except (ValueError, TypeError, OverflowError) as e:  # astype of the file's values
+                raise InputError(f"{path}: table {name!r} does not match the schema: {_one_line(e)}") from None
             bad = validate(name, df)
             if bad:
                 raise InputError(f"{path}: table {name!r} does not match the schema: {bad[0]}")
             frames[name] = df
     return Snapshot(header=header, **frames)
+
+
+def _one_line(e: BaseException, limit: int = 200) -> str:
+    msg = " ".join(str(e).split()) or type(e).__name__
+    return msg if len(msg) <= limit else msg[:limit] + "..."
