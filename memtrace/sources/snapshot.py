@@ -11,6 +11,7 @@ faults are counted and reported, and the maps they touched are marked incomplete
 from __future__ import annotations
 
 import os
+import stat
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,6 +24,9 @@ from memtrace.errors import EnvironmentProblem, InputError
 from memtrace.tables.snapshot import Snapshot, coerce
 
 Progress = Callable[[str, int, int], None]
+
+#: the running kernel's memory, for --live (a module constant so tests can point it elsewhere)
+KCORE = Path("/proc/kcore")
 
 
 # -- opening a target ------------------------------------------------------------------
@@ -59,14 +63,19 @@ def open_target(
 
     prog = drgn.Program()
     if live:
-        kcore = Path("/proc/kcore")
+        kcore = KCORE
+        if not kcore.exists():
+            raise EnvironmentProblem(
+                f"{kcore}: missing; this kernel (or container) has no /proc/kcore (CONFIG_PROC_KCORE, or /proc "
+                "is masked), so --live cannot read it (use --vmcore FILE or --qmp SOCKET)"
+            )
         if not os.access(kcore, os.R_OK):
             raise EnvironmentProblem(f"{kcore}: permission denied; live mode needs root (or use --vmcore FILE)")
         try:
             prog.set_kernel()
         except (OSError, ValueError) as e:
-            raise EnvironmentProblem(f"/proc/kcore: cannot open the running kernel: {e}") from None
-        target = {"kind": "live", "path": "/proc/kcore"}
+            raise EnvironmentProblem(f"{kcore}: cannot open the running kernel: {e}") from None
+        target = {"kind": "live", "path": str(kcore)}
     elif vmcore is not None:
         vmcore = Path(vmcore)
         _check_elf_core(vmcore)
@@ -77,8 +86,15 @@ def open_target(
         target = {"kind": "vmcore", "path": str(vmcore)}
     elif qmp is not None:
         qmp = Path(qmp)
-        if not qmp.exists():
-            raise InputError(f"{qmp}: no such QMP socket")
+        try:
+            mode = qmp.stat().st_mode
+        except FileNotFoundError:
+            raise InputError(f"{qmp}: no such QMP socket") from None
+        except OSError as e:
+            raise InputError(f"{qmp}: cannot stat the QMP socket: {e.strerror}") from None
+        if not stat.S_ISSOCK(mode):
+            kind = "a directory" if stat.S_ISDIR(mode) else "a regular file" if stat.S_ISREG(mode) else "a special file"
+            raise InputError(f"{qmp}: is {kind}, not a socket; --qmp wants a QEMU QMP socket (-qmp unix:PATH,server)")
         try:
             prog.set_qemu_qmp(str(qmp))
         except (OSError, ValueError) as e:
