@@ -96,43 +96,104 @@ class Definitions:
 _KINDS = {"tracepoint", "kprobe", "kprobe-btf", "kretprobe", "kretprobe-btf"}
 
 
+def _want(where: str, key: str, value, typ, typename: str):
+    """``value`` if it is a ``typ``, else InputError naming the file, the entry and the key."""
+    if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+        raise InputError(f"{where}: {key} must be {typename}, not {_toml_type(value)}")
+    return value
+
+
+def _str_list(where: str, key: str, value, *, one_ok: bool = False) -> list[str]:
+    """A list of strings (or, with ``one_ok``, one string)."""
+    if one_ok and isinstance(value, str):
+        return [value]
+    what = "a string or a list of strings" if one_ok else "a list of strings"
+    if value is None:
+        raise InputError(f"{where}: {key} missing (want {what})")
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise InputError(f"{where}: {key} must be {what}, not {_toml_type(value)}")
+    return list(value)
+
+
+def _toml_type(v) -> str:
+    if isinstance(v, bool):
+        return f"the boolean {str(v).lower()}"
+    if isinstance(v, (int, float)):
+        return f"the number {v}"
+    if isinstance(v, str):
+        return f"the string {v!r}"
+    if isinstance(v, list):
+        return "an array" + ("" if all(isinstance(x, str) for x in v) else " with non-string items")
+    if isinstance(v, dict):
+        return "a table"
+    return type(v).__name__
+
+
+def _tables(where: str, key: str, value) -> list[dict]:
+    """An array of tables (``[[key]]``)."""
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise InputError(f"{where}: {key} must be an array of tables ([[{key}]]), not {_toml_type(value)}")
+    return value
+
+
 def load_definitions(paths: list[Path] | None = None) -> Definitions:
     paths = paths or default_definitions()
     probes, tps = [], []
     for p in paths:
         try:
-            doc = tomllib.loads(Path(p).read_text())
+            text = Path(p).read_bytes().decode("utf-8")
+        except IsADirectoryError:
+            raise InputError(f"{p}: is a directory, not a probe definition file") from None
         except OSError as e:
             raise InputError(f"{p}: {e.strerror}") from None
+        except UnicodeDecodeError as e:
+            raise InputError(f"{p}: not a TOML text file (byte {e.object[e.start]:#04x} at offset {e.start} is not UTF-8)") from None
+        try:
+            doc = tomllib.loads(text)
         except tomllib.TOMLDecodeError as e:
             raise InputError(f"{p}: invalid TOML: {e}") from None
-        for i, raw in enumerate(doc.get("probe", [])):
+        for i, raw in enumerate(_tables(str(p), "probe", doc.get("probe", []))):
             where = f"{p}: probe #{i + 1}"
-            if "name" not in raw or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", raw["name"]):
-                raise InputError(f"{where}: missing or invalid name")
+            name = raw.get("name")
+            if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+                raise InputError(f"{where}: missing or invalid name" + (f" ({_toml_type(name)})" if name is not None else ""))
+            where = f"{where} ({name})"
             atts = []
-            for a in raw.get("attach", []):
+            for a in _tables(where, "probe.attach", raw.get("attach", [])):
                 # kind may list several kinds with the same function and args, most preferred first
-                kinds = [a.get("kind")] if not isinstance(a.get("kind"), list) else a["kind"]
+                kinds = _str_list(where, "attach kind", a.get("kind"), one_ok=True)
                 for kind in kinds:
                     if kind not in _KINDS:
-                        raise InputError(f"{where} ({raw['name']}): attach kind {kind!r} not one of {sorted(_KINDS)}")
-                fn = a.get("function")
-                fns = [fn] if isinstance(fn, str) else list(fn or [])
+                        raise InputError(f"{where}: attach kind {kind!r} not one of {sorted(_KINDS)}")
+                fns = _str_list(where, "attach function", a.get("function") or [], one_ok=True)
                 if not fns:
-                    raise InputError(f"{where} ({raw['name']}): attach point without function")
+                    raise InputError(f"{where}: attach point without function")
+                args = _str_list(where, "attach args", a.get("args", []))
+                optional = _str_list(where, "attach optional_args", a.get("optional_args", []))
                 for kind in kinds:
-                    atts.append(Attach(kind, fns, list(a.get("args", [])), list(a.get("optional_args", []))))
+                    atts.append(Attach(kind, fns, list(args), list(optional)))
             if not atts:
-                raise InputError(f"{where} ({raw['name']}): no attach points")
+                raise InputError(f"{where}: no attach points")
             probes.append(
                 ProbeDef(
-                    raw["name"], raw.get("group", DEFAULT_GROUP), atts, raw.get("why", ""),
-                    raw.get("stability", ""), raw.get("overhead", ""), raw.get("default", True),
+                    name, _want(where, "group", raw.get("group", DEFAULT_GROUP), str, "a string"), atts,
+                    _want(where, "why", raw.get("why", ""), str, "a string"),
+                    _want(where, "stability", raw.get("stability", ""), str, "a string"),
+                    _want(where, "overhead", raw.get("overhead", ""), str, "a string"),
+                    _want(where, "default", raw.get("default", True), bool, "true or false"),
                 )
             )
-        for t in doc.get("tracepoints", []):
-            tps.append(TracepointGroup(list(t["events"]), t.get("why", ""), t.get("optional", False)))
+        for i, t in enumerate(_tables(str(p), "tracepoints", doc.get("tracepoints", []))):
+            where = f"{p}: tracepoints #{i + 1}"
+            if "events" not in t:
+                raise InputError(f"{where}: no events")
+            tps.append(
+                TracepointGroup(
+                    _str_list(where, "events", t["events"]),
+                    _want(where, "why", t.get("why", ""), str, "a string"),
+                    _want(where, "optional", t.get("optional", False), bool, "true or false"),
+                )
+            )
     names = [f"{p.group}/{p.name}" for p in probes]
     dup = {n for n in names if names.count(n) > 1}
     if dup:
