@@ -27,6 +27,23 @@ out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty()
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from memtrace import __version__
+
+        out.print(f"memtrace {__version__}", markup=False, highlight=False)
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print memtrace's version and exit."
+    ),
+) -> None:
+    """BPF map memory versus memory cgroups, on real kernels."""
+
+
 def _register() -> None:
     # Each command group lives in its own module and adds itself to `app`.
     from memtrace.cli import lab  # noqa: F401

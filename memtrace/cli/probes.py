@@ -18,7 +18,14 @@ class Format(str, Enum):
     perfetto = "perfetto"
 
 
-def resolve_target(vmlinux: Optional[Path], btf: Optional[Path], live: bool, tracefs: Optional[Path], types: str):
+class Types(str, Enum):
+    """Where --vmlinux offsets come from (anything else is a usage error, exit 2)."""
+
+    dwarf = "dwarf"
+    btf = "btf"
+
+
+def resolve_target(vmlinux: Optional[Path], btf: Optional[Path], live: bool, tracefs: Optional[Path], types: "Types | str"):
     from memtrace.errors import InputError
     from memtrace.sources.kernel.target import btf_target, live_target, vmlinux_target
 
@@ -26,7 +33,7 @@ def resolve_target(vmlinux: Optional[Path], btf: Optional[Path], live: bool, tra
     if len(chosen) > 1:
         raise InputError("give only one of --vmlinux, --btf, --live")
     if vmlinux is not None:
-        return vmlinux_target(vmlinux, use_dwarf=(types != "btf"))
+        return vmlinux_target(vmlinux, use_dwarf=(Types(types) is Types.dwarf))
     if btf is not None:
         return btf_target(btf)
     return live_target(tracefs)
@@ -43,7 +50,7 @@ def probes_cmd(
     all_probes: bool = typer.Option(False, "--all", help="Include probes marked default=false (hot paths, diagnostics)."),
     only: Optional[List[str]] = typer.Option(None, "--only", help="Only these probe names (repeatable)."),
     defs: Optional[List[Path]] = typer.Option(None, "--defs", help="Probe definition TOML files (default: probes/*.toml)."),
-    types: str = typer.Option("dwarf", "--types", help="For --vmlinux: offsets from 'dwarf' (drgn) or 'btf'."),
+    types: Types = typer.Option(Types.dwarf, "--types", help="For --vmlinux: offsets from 'dwarf' (drgn) or 'btf'."),
 ) -> None:
     """Print memtrace's kprobes and tracepoints for a kernel: kprobe_events lines, a trace-cmd
     script, or a perfetto TraceConfig. Offsets come from the kernel's own DWARF/BTF."""
