@@ -51,6 +51,7 @@ def _register() -> None:
     from memtrace.cli import ingest  # noqa: F401
     from memtrace.cli import probes  # noqa: F401
     from memtrace.cli import capture  # noqa: F401
+    from memtrace.cli import report  # noqa: F401
 
 
 def main() -> None:

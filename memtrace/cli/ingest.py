@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -13,33 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from memtrace.cli.app import app, err, out
-from memtrace.errors import InputError
-
-
-def _write_parquet_atomic(df, dest: Path, meta: dict) -> None:
-    """Write to a temp file in the same directory, then rename over `dest`; nothing left on error."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    d = dest.parent if str(dest.parent) else Path(".")
-    if not d.is_dir():
-        raise InputError(f"{dest}: directory {d} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=d)
-    os.close(fd)
-    try:
-        table = pa.Table.from_pandas(df, preserve_index=False)
-        md = dict(table.schema.metadata or {})
-        md[b"memtrace.ingest"] = json.dumps(meta).encode()
-        pq.write_table(table.replace_schema_metadata(md), tmp)
-        os.replace(tmp, dest)
-    except BaseException as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(e, OSError):
-            raise InputError(f"{dest}: cannot write: {e.strerror or e}") from None
-        raise
+from memtrace.tables.atomic import write_parquet
 
 
 def summary(df, st) -> dict:
@@ -70,7 +42,7 @@ def ingest_cmd(
         err.print(f"memtrace: warning: {w}", markup=False)
     s = summary(df, st)
     if output is not None:
-        _write_parquet_atomic(df, output, s["ingest"])
+        write_parquet(df, output, s["ingest"], meta_key="memtrace.ingest")
         err.print(f"memtrace: wrote {len(df)} events to {output}", markup=False)
     if json_out:
         out.print_json(json.dumps(s))

@@ -31,15 +31,7 @@ def snapshot_cmd(
     from memtrace.errors import InputError
     from memtrace.render.snapshot import json_envelope, maps_table, memcgs_table
 
-    chosen = [n for n, v in (("--live", live), ("--vmcore", vmcore), ("--qmp", qmp), ("--from", from_file)) if v]
-    if len(chosen) != 1:
-        raise InputError("choose exactly one of --live, --vmcore FILE, --qmp SOCKET, --from FILE" + (f" (got {' '.join(chosen)})" if chosen else ""))
-    if from_file is not None:
-        from memtrace.tables.snapshot_file import load
-
-        snap = load(from_file)
-    else:
-        snap = _take(live=live, vmcore=vmcore, qmp=qmp, vmlinux=vmlinux)
+    snap = snapshot_from_options(live=live, vmcore=vmcore, qmp=qmp, from_file=from_file, vmlinux=vmlinux)
     if output is not None:
         from memtrace.tables.snapshot_file import save
 
@@ -67,6 +59,21 @@ def snapshot_cmd(
         )
     if not h.get("complete", True):
         raise typer.Exit(EXIT_INCOMPLETE)
+
+
+def snapshot_from_options(*, live, vmcore, qmp, from_file, vmlinux):
+    """The snapshot the source options name (exactly one of them): a kernel walked now, or a
+    snapshot file. Shared by ``snapshot`` and every report that takes a snapshot source."""
+    from memtrace.errors import InputError
+
+    chosen = [n for n, v in (("--live", live), ("--vmcore", vmcore), ("--qmp", qmp), ("--from", from_file)) if v]
+    if len(chosen) != 1:
+        raise InputError("choose exactly one of --live, --vmcore FILE, --qmp SOCKET, --from FILE" + (f" (got {' '.join(chosen)})" if chosen else ""))
+    if from_file is not None:
+        from memtrace.tables.snapshot_file import load
+
+        return load(from_file)
+    return _take(live=live, vmcore=vmcore, qmp=qmp, vmlinux=vmlinux)
 
 
 def _take(*, live, vmcore, qmp, vmlinux):

@@ -1,0 +1,109 @@
+"""memtrace report: the answers (leftover charge, ...), from snapshots and captures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from memtrace.cli.app import app, err, out
+from memtrace.errors import EXIT_FINDING, EXIT_INCOMPLETE
+
+report_app = typer.Typer(help="Reports: leftover BPF charge and who pays for it.", no_args_is_help=True)
+app.add_typer(report_app, name="report")
+
+
+@report_app.command("leftover")
+def leftover_cmd(
+    live: bool = typer.Option(False, "--live", help="Read the running kernel through /proc/kcore (root)."),
+    vmcore: Optional[Path] = typer.Option(None, "--vmcore", metavar="FILE", help="Read an ELF vmcore."),
+    qmp: Optional[Path] = typer.Option(None, "--qmp", metavar="SOCKET", help="Read a running QEMU guest through its QMP socket."),
+    from_file: Optional[Path] = typer.Option(None, "--from", metavar="FILE", help="A snapshot file written by 'memtrace snapshot -o'."),
+    vmlinux: Optional[Path] = typer.Option(None, "--vmlinux", metavar="FILE", help="vmlinux with debug info (checked against the kernel's build id)."),
+    cgroup: Optional[str] = typer.Option(None, "--cgroup", metavar="CGROUP", help="List everything BPF charged to this memcg (path, e.g. /pod)."),
+    map_sel: Optional[str] = typer.Option(None, "--map", metavar="ID|NAME|PIN", help="Show one map: its id, name or bpffs pin."),
+    fail_over: Optional[str] = typer.Option(
+        None, "--fail-over", metavar="BYTES|N%",
+        help="Exit 1 when the leftover charge is over BYTES in all (suffix K/M/G for KiB/MiB/GiB), or over N% of some memcg's own usage.",
+    ),
+    json_out: bool = typer.Option(False, "--json", help="Print a JSON envelope (schema memtrace.report.leftover/1; holds no kernel addresses)."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", metavar="FILE.parquet", help="Write the per-map table as Parquet."),
+) -> None:
+    """Maps whose charge outlived their generation (owner ghost, dying or reparented), who
+    pays for it now, and what each memcg carries.
+
+    Per map: the owner memcg's state, the memcg charged now, the original cgroup where the
+    kernel still records it, bytes charged per memcg and uncharged, and the seed RFC's
+    recharge rule (memcg_need_recharge: never from root, only offline or reparented owners).
+    Per memcg: memory.current, its own part (less its children's), the BPF bytes charged to it
+    split by the owner state of the map, the leftover share, and the leftover in its subtree.
+
+    Example: memtrace report leftover --vmcore out/restart/vmcore --vmlinux VMLINUX --fail-over 1M
+    """
+    from memtrace.analyses.leftover import leftover_maps, leftover_memcgs, parse_fail_over, threshold_crossed
+    from memtrace.cli.snapshot import snapshot_from_options
+    from memtrace.errors import InputError
+    from memtrace.render import leftover as render
+
+    try:
+        fail_over = parse_fail_over(fail_over)
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    snap = snapshot_from_options(live=live, vmcore=vmcore, qmp=qmp, from_file=from_file, vmlinux=vmlinux)
+    maps = leftover_maps(snap.maps, snap.allocations, snap.memcgs)
+    memcgs = leftover_memcgs(snap.maps, snap.allocations, snap.memcgs)
+    charged_here = None
+    if cgroup is not None:
+        if cgroup not in set(memcgs["path"].astype(str)):
+            raise InputError(f"--cgroup {cgroup!r}: no such memcg in the snapshot; it has: "
+                             + ", ".join(sorted(set(memcgs["path"].astype(str)))))
+        charged_here = _charged_to(snap, cgroup)
+        memcgs = memcgs[memcgs["path"].eq(cgroup)]
+        maps = maps[maps["map_id"].isin(charged_here["map_id"]) | maps["owner_path"].eq(cgroup).fillna(False)]
+    if map_sel is not None:
+        maps = maps[_select_map(maps, map_sel)]
+    finding = threshold_crossed(memcgs, fail_over)
+    if output is not None:
+        from memtrace.tables.atomic import write_parquet
+
+        write_parquet(maps, output)
+        err.print(f"wrote {output}", markup=False)
+    if json_out:
+        out.print(render.json_envelope(snap.header, maps, memcgs, finding, charged_here), markup=False, soft_wrap=True)
+    else:
+        k = snap.header.get("kernel", {})
+        out.print(render.maps_table(maps if map_sel else maps[maps["leftover"] | maps["owner_state"].eq("online")],
+                                    f"BPF maps and their charge on {k.get('release')}"))
+        if charged_here is not None:
+            out.print(render.charged_here_table(charged_here, cgroup))
+        if map_sel is None:
+            out.print(render.memcgs_table(memcgs))
+            for line in render.summary_lines(maps, memcgs):
+                out.print(line, markup=False)
+    if finding:
+        err.print(f"memtrace: finding: {finding}", markup=False)
+    if not snap.header.get("complete", True):
+        raise typer.Exit(EXIT_INCOMPLETE)
+    if finding:
+        raise typer.Exit(EXIT_FINDING)
+
+
+def _select_map(maps, sel: str):
+    from memtrace.errors import InputError
+
+    hit = maps["name"].eq(sel) | maps["pins"].str.split(";").apply(lambda ps: sel in ps)
+    if sel.isdigit():
+        hit |= maps["map_id"].eq(int(sel))
+    if not hit.any():
+        raise InputError(f"--map {sel!r}: no map with that id, name or pin; maps: "
+                         + ", ".join(f"{i} {n}" for i, n in zip(maps["map_id"], maps["name"])))
+    return hit
+
+
+def _charged_to(snap, path: str):
+    """Allocations charged to the memcg at ``path``, per map and kind."""
+    ids = set(snap.memcgs.loc[snap.memcgs["path"].eq(path), "cgroup_id"].astype("int64"))
+    a = snap.allocations[snap.allocations["charged_cgroup_id"].isin(ids)]
+    g = a.groupby(["map_id", "kind"]).agg(allocations=("address", "size"), charged_bytes=("charged_bytes", "sum")).reset_index()
+    return g.merge(snap.maps[["map_id", "name", "owner_state", "owner_path"]], on="map_id", how="left")

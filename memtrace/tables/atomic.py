@@ -1,0 +1,41 @@
+"""Atomic writes of output tables: a temporary file in the same folder, renamed into place,
+so an interrupted or failed write leaves no partial file and never a half-replaced one."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from memtrace.errors import InputError
+
+
+def write_parquet(df, dest: Path, meta: dict | None = None, meta_key: str = "memtrace") -> None:
+    """Write ``df`` as Parquet to ``dest``; ``meta`` (JSON-able) goes into the schema metadata
+    under ``meta_key``. A folder that does not exist or a failed write is an InputError."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    dest = Path(dest)
+    d = dest.parent if str(dest.parent) else Path(".")
+    if not d.is_dir():
+        raise InputError(f"{dest}: directory {d} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=d)
+    os.close(fd)
+    try:
+        table = pa.Table.from_pandas(df, preserve_index=False)
+        if meta is not None:
+            md = dict(table.schema.metadata or {})
+            md[meta_key.encode()] = json.dumps(meta).encode()
+            table = table.replace_schema_metadata(md)
+        pq.write_table(table, tmp)
+        os.replace(tmp, dest)
+    except BaseException as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(e, OSError):
+            raise InputError(f"{dest}: cannot write: {e.strerror or e}") from None
+        raise
