@@ -1,12 +1,11 @@
 """The ftrace text scanner (the C extension, fed in chunks) against the reference path (the regex
 per line for every header and field list): identical frames and stats, on the committed excerpts,
 on a capture generated from them with odd lines of every kind the scanner must hand over, across
-chunk boundaries, and on a full lab capture when one is on this machine. Random and damaged input,
+chunk boundaries, and on the committed lab captures with kprobe events (fixtures/captures). Random and damaged input,
 and the extension's own API: tests/test_ingest_scan.py."""
 
 from __future__ import annotations
 
-import os
 import random
 import re
 from pathlib import Path
@@ -21,7 +20,9 @@ from memtrace.tables.events import validate_events
 
 FIX = Path(__file__).resolve().parent.parent / "fixtures" / "traces"
 EXCERPTS = [FIX / "restart-6.1.excerpt.txt", FIX / "restart-6.12.excerpt.txt"]
-LAB = [Path("/tmp/lab/force-6.1/trace.txt"), Path("/tmp/lab/force-6.12/trace.txt")]
+#: real lab captures with memtrace's page_counter kprobes (fixtures/captures/README.md)
+CAPTURES = sorted((FIX.parent / "captures").glob("*.page_counter.txt"))
+assert len(CAPTURES) == 2 and all(p.is_file() for p in EXCERPTS), "fixtures/traces or fixtures/captures is missing files"
 KPROBES = {"pc_try_charge": "memtrace", "pc_try_charge_ret": "memtrace"}
 
 
@@ -144,11 +145,18 @@ def test_generated_capture_from_file_equals_buffer(tmp_path):
     assert sa.to_dict() == sb.to_dict()
 
 
-@pytest.mark.parametrize("path", LAB, ids=lambda p: p.parent.name)
+@pytest.mark.parametrize("path", CAPTURES, ids=lambda p: p.name)
 def test_lab_capture_fast_equals_reference(path):
-    if not path.is_file() or not os.access(path, os.R_OK):
-        pytest.skip(f"no lab capture at {path} (memtrace lab run ...)")
-    _same(path.read_bytes())
+    """A committed lab capture with kprobe events (6.1: numeric args, 6.12: BTF-named), whole,
+    in small chunks, with and without the kprobe groups, and cut mid-line."""
+    data = path.read_bytes()
+    df, st = _same(data, kprobe_groups=KPROBES)
+    assert len(df) > 300 and st.malformed == 0
+    assert (df["event"] == "memtrace:pc_try_charge").any() and (df["event"] == "memtrace:pc_try_charge_ret").any()
+    _same(data, chunk_bytes=1000, kprobe_groups=KPROBES)
+    _same(data)
+    _, st2 = _same(data[: len(data) - 25], kprobe_groups=KPROBES)
+    assert st2.truncated
 
 
 @pytest.mark.parametrize("seed", [3, 4, 5])

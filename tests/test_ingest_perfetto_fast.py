@@ -1,33 +1,50 @@
 """The numpy wire decoder (`parse_perfetto`) against the protobuf-object path
 (`parse_perfetto_reference`): the same frame, dtypes, categories and stats, on real lab events
-encoded with the perfetto package's protos, cut and compressed, and on hand-made odd packets."""
+encoded with the perfetto package's protos, cut and compressed, and on hand-made odd packets.
+All inputs are committed fixtures (fixtures/traces, fixtures/captures) or made here."""
 
 from __future__ import annotations
 
-import glob
 import zlib
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from memtrace.errors import InputError
 from memtrace.sources.trace import load_trace
 from memtrace.sources.trace.perfetto import events_to_trace, parse_perfetto, parse_perfetto_reference
 
 REPO = Path(__file__).resolve().parent.parent
 EXCERPTS = sorted((REPO / "fixtures" / "traces").glob("*.excerpt.txt"))
+CAPTURES = sorted((REPO / "fixtures" / "captures").glob("*.page_counter.txt")) + sorted(
+    (REPO / "fixtures" / "captures").glob("*.trace.dat")
+)
+assert EXCERPTS and len(CAPTURES) == 4, "fixtures/traces or fixtures/captures is missing files"
 
 
-def assert_same(raw: bytes):
-    """Both paths give the same result (or both raise the same error); returns the frame."""
-    try:
-        ref = parse_perfetto_reference(raw)
-    except Exception as e:  # the fast path must fail the same way
-        with pytest.raises(type(e), match=None):
+#: what both decoders say about input with no packet that decodes (cut to a few bytes, or a
+#: single compressed packet cut short)
+NO_PACKETS = "not a perfetto trace: no packet decodes"
+
+
+def assert_same(raw: bytes, *, reject: str | None = None):
+    """Both paths give the same frame, dtypes, categories and stats; returns the frame.
+
+    Any exception from either path fails the test, unless ``reject`` says the input is one
+    both must refuse: then both must raise InputError with the same one-line message, and
+    that message must contain ``reject``."""
+    if reject is not None:
+        with pytest.raises(InputError) as ref_err:
+            parse_perfetto_reference(raw)
+        with pytest.raises(InputError) as fast_err:
             parse_perfetto(raw)
+        assert reject in ref_err.value.message, ref_err.value.message
+        assert fast_err.value.message == ref_err.value.message
+        assert "\n" not in fast_err.value.message
         return None
+    rdf, rst = parse_perfetto_reference(raw)
     df, st = parse_perfetto(raw)
-    rdf, rst = ref
     pd.testing.assert_frame_equal(df, rdf, check_exact=True)
     for c in df.columns:
         assert df[c].dtype == rdf[c].dtype, c
@@ -50,8 +67,12 @@ def test_excerpt_same_as_object_path(excerpt, bundle_size, compress):
     raw = events_to_trace(excerpt, bundle_size=bundle_size, compress=compress)
     df = assert_same(raw)
     assert len(df) == len(excerpt)
-    for cut in (len(raw) * 2 // 3, len(raw) - 5, len(raw) - 1, 3):
-        assert_same(raw[:cut])
+    for cut in (len(raw) * 2 // 3, len(raw) - 5, len(raw) - 1):
+        # compressed, an excerpt is one packet: cut anywhere, nothing is left that decodes
+        out = assert_same(raw[:cut], reject=NO_PACKETS if compress else None)
+        if not compress:  # complete packets before the cut decode (none, if it cuts the first bundle)
+            assert len(out) <= len(df)
+    assert_same(raw[:3], reject=NO_PACKETS)
 
 
 def test_excerpt_compressed_packets_between_plain_ones(excerpt):
@@ -178,14 +199,19 @@ def test_damaged_events_same_as_object_path():
         assert_same(bytes(bad))
 
 
-@pytest.mark.skipif(not glob.glob("/tmp/lab/*/trace.txt"), reason="no lab captures in /tmp/lab")
-def test_full_lab_capture_same_as_object_path():
-    path = min(glob.glob("/tmp/lab/*/trace.txt"), key=lambda p: Path(p).stat().st_size)
-    df, _ = load_trace(path)
+@pytest.mark.parametrize("path", CAPTURES, ids=lambda p: p.name)
+def test_lab_capture_same_as_object_path(path):
+    """The committed lab captures (tracefs text and trace-cmd trace.dat, tens of thousands of
+    events), re-encoded as perfetto: whole, cut in half, and in small compressed bundles."""
+    df, _ = load_trace(str(path))
+    assert len(df) > 300
     raw = events_to_trace(df)
     out = assert_same(raw)
     assert len(out) == len(df)
-    assert_same(raw[: len(raw) // 2])
+    half = assert_same(raw[: len(raw) // 2])
+    assert len(half) < len(df)
+    packed = assert_same(events_to_trace(df, bundle_size=500, compress=True))
+    assert len(packed) == len(df)
 
 
 def test_small_windows_same_as_object_path(excerpt, monkeypatch):
