@@ -107,3 +107,79 @@ def _charged_to(snap, path: str):
     a = snap.allocations[snap.allocations["charged_cgroup_id"].isin(ids)]
     g = a.groupby(["map_id", "kind"]).agg(allocations=("address", "size"), charged_bytes=("charged_bytes", "sum")).reset_index()
     return g.merge(snap.maps[["map_id", "name", "owner_state", "owner_path"]], on="map_id", how="left")
+
+
+@report_app.command("force")
+def force_cmd(
+    capture: Path = typer.Argument(..., metavar="CAPTURE", help="A capture made with memtrace's probes (any format 'memtrace ingest' reads)."),
+    truth: Optional[Path] = typer.Option(None, "--truth", metavar="FILE", help="truth.json of the same lab run (paths, limits, memory.events, steps)."),
+    fail_over: Optional[int] = typer.Option(None, "--fail-over", metavar="PAGES", min=0, help="Exit 1 when more than PAGES pages were forced above a limit, or any charge was refused and PAGES is 0."),
+    json_out: bool = typer.Option(False, "--json", help="Print a JSON envelope (schema memtrace.report.force/1)."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", metavar="FILE.parquet", help="Write the per-task table as Parquet."),
+) -> None:
+    """Charges admitted above memory.max (forced) and charges refused at it (ENOMEM).
+
+    Forced: page_counter_charge from try_charge_memcg's force path, per memcg, task and step,
+    with the pages above memory.max at each step and at the peak inside it. Refused:
+    try_charge_memcg calls that returned -ENOMEM, per memcg, gfp and size; they reach user
+    space as ENOMEM. With --truth, whether this kernel raised memory.events max for them is
+    read from the run's own counters and stated.
+
+    Example: memtrace report force out/force/trace.txt --truth out/force/truth.json
+    """
+    from memtrace.analyses import force as fa
+    from memtrace.render import force as render
+    from memtrace.sources.trace import load_trace
+    from memtrace.tables.lab_truth import load_truth
+
+    events, _ = load_trace(str(capture))
+    tt = load_truth(truth) if truth is not None else None
+    forced = fa.forced_charges(events)
+    refusals = fa.has_refusal_probes(events)
+    refused = fa.refused_charges(events) if refusals else None
+    path_of = {}
+    steps = None
+    behaviour: list[str] = []
+    if tt is not None:
+        fa.check_same_run(events, tt, str(capture), str(truth))
+        path_of = dict(zip(tt["cgroup_id"].astype("int64"), tt["path"].astype(str)))
+        steps = fa.per_step(events, tt)
+        behaviour = fa.observed_behaviour(steps)
+    if refused is None:
+        err.print("memtrace: warning: the capture has no try_charge/try_charge_ret events: refused charges are not "
+                  "counted (record them: memtrace probes --format kprobe_events)", markup=False)
+        import pandas as pd
+
+        refused = pd.DataFrame(columns=["row", "ts_ns", "cpu", "pid", "comm", "cgroup_id", "gfp", "pages", "ret"])
+    tasks = fa.by_task(forced, refused, path_of)
+    by_gfp = fa.refused_by_gfp(refused, path_of)
+    totals = {"forcing_calls": int(len(forced)), "forced_pages": int(forced["pages"].sum()) if len(forced) else 0,
+              "refused_calls": int(len(refused)) if refusals else None}
+    finding = None
+    if fail_over is not None:
+        if totals["forced_pages"] > fail_over:
+            finding = f"{totals['forced_pages']:,} pages forced above memory.max (over {fail_over:,})"
+        elif fail_over == 0 and refusals and totals["refused_calls"]:
+            finding = f"{totals['refused_calls']:,} charges refused at memory.max"
+    if output is not None:
+        from memtrace.tables.atomic import write_parquet
+
+        write_parquet(tasks, output)
+        err.print(f"wrote {output}", markup=False)
+    if json_out:
+        out.print(render.json_envelope(str(capture), str(truth) if truth else None, dict(totals, finding=finding),
+                                       steps, tasks, by_gfp, behaviour), markup=False, soft_wrap=True)
+    else:
+        if steps is not None:
+            out.print(render.steps_table(steps))
+        out.print(render.tasks_table(tasks))
+        if refusals:
+            out.print(render.refused_table(by_gfp))
+        out.print(f"{totals['forcing_calls']:,} forcing calls, {totals['forced_pages']:,} pages forced; "
+                  f"{'-' if totals['refused_calls'] is None else format(totals['refused_calls'], ',')} charges refused",
+                  markup=False)
+        for line in behaviour:
+            out.print(line, markup=False)
+    if finding:
+        err.print(f"memtrace: finding: {finding}", markup=False)
+        raise typer.Exit(EXIT_FINDING)

@@ -1,0 +1,190 @@
+"""Forced and refused memcg charges in a capture: the force report.
+
+A *forced* charge is ``try_charge_memcg``'s ``force:`` path: ``page_counter_charge`` adds the
+pages with no limit check, so the memcg goes above ``memory.max`` (GFP_ATOMIC/__GFP_HIGH
+charges, PF_MEMALLOC; kernel-notes §5). A *refused* charge is a ``try_charge_memcg`` that
+returned ``-ENOMEM`` (a charge that may not block or reclaim, e.g. GFP_NOWAIT, over the
+limit): the allocation fails and the caller sees ENOMEM. Whether either raises a
+``memory.events`` ``max`` is a fact of the build (forced: yes since 6.0; refused: no on
+6.1.0-56 and 6.12.117, yes on 6.12.118, docs/kernel-builds.md): with a truth table the report
+states what *this* capture's kernel did, from the events it counted, instead of a rule.
+
+Inputs: the event table (``memtrace.tables.events``) of a capture made with memtrace's
+probes (``force_charge``, ``pc_try_charge[_ret]`` and, for refused charges,
+``try_charge[_ret]``), and optionally the lab truth table (``memtrace.tables.lab_truth``) of
+the same run, for paths, limits, memory.events and per-step numbers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from memtrace.analyses.charges import (
+    FORCE,
+    charge_attempts,
+    charges_by_step,
+    page_counter_movements,
+    step_markers,
+)
+from memtrace.errors import InputError
+from memtrace.tables.events import PAGE_SIZE
+
+#: gfp bits named in the refused rows (include/linux/gfp_types.h; the same values on 6.1
+#: and 6.12 for these bits)
+_GFP_BITS = {0x20: "__GFP_HIGH", 0x40: "__GFP_IO", 0x80: "__GFP_FS", 0x400: "__GFP_DIRECT_RECLAIM",
+             0x800: "__GFP_KSWAPD_RECLAIM", 0x2000: "__GFP_NOWARN", 0x8000: "__GFP_NOFAIL",
+             0x10000: "__GFP_NORETRY"}
+#: __GFP_DIRECT_RECLAIM: a charge without it cannot reclaim, so over the limit it is refused
+#: (or forced, with __GFP_HIGH/__GFP_NOFAIL)
+GFP_DIRECT_RECLAIM = 0x400
+
+
+def gfp_names(gfp) -> str:
+    """Readable flags of the bits memcg's charge path looks at ('-' when unknown)."""
+    if gfp is None or pd.isna(gfp):
+        return "-"
+    g = int(gfp)
+    return "|".join(n for b, n in _GFP_BITS.items() if g & b) or hex(g)
+
+
+def has_refusal_probes(events: pd.DataFrame) -> bool:
+    short = set(events["event"].astype(str).str.rsplit(":", n=1).str[-1].unique())
+    return {"try_charge", "try_charge_ret"} <= short
+
+
+def forced_charges(events: pd.DataFrame) -> pd.DataFrame:
+    """One row per page_counter_charge (force) of the capture: ``row``, ``ts_ns``, ``pid``,
+    ``comm``, ``cgroup_id``, ``pages``."""
+    mv = page_counter_movements(events)
+    f = mv[mv["kind"].astype(str).eq(FORCE)].copy()
+    comm = events["comm"].reset_index(drop=True).astype("string")
+    f["comm"] = comm.iloc[f["row"].to_numpy()].to_numpy() if len(f) else pd.array([], dtype="string")
+    return f[["row", "ts_ns", "pid", "comm", "cgroup_id", "pages"]].reset_index(drop=True)
+
+
+def refused_charges(events: pd.DataFrame) -> pd.DataFrame:
+    """One row per refused try_charge_memcg call (``charge_attempts`` with ret != 0)."""
+    a = charge_attempts(events)
+    return a[a["ret"].fillna(0).ne(0)].reset_index(drop=True)
+
+
+def by_task(forced: pd.DataFrame, refused: pd.DataFrame, path_of: dict[int, str]) -> pd.DataFrame:
+    """Forced pages and refused charges per (memcg, pid, comm)."""
+    f = forced.assign(forced_charges=1, refused_charges=0, forced_pages=forced["pages"].astype("int64"))
+    r = refused.assign(forced_charges=0, refused_charges=1, forced_pages=0)
+    cols = ["cgroup_id", "pid", "comm", "forced_charges", "forced_pages", "refused_charges"]
+    both = pd.concat([f[cols], r[cols]], ignore_index=True)
+    if both.empty:
+        return pd.DataFrame(columns=["cgroup_id", "path", "pid", "comm", "forced_charges", "forced_pages",
+                                     "forced_bytes", "refused_charges"])
+    g = both.groupby(["cgroup_id", "pid", "comm"], dropna=False)[
+        ["forced_charges", "forced_pages", "refused_charges"]].sum().reset_index()
+    g["forced_bytes"] = g["forced_pages"] * PAGE_SIZE
+    g["path"] = g["cgroup_id"].map(lambda c: path_of.get(int(c)) if not pd.isna(c) else None).astype("string")
+    return g[["cgroup_id", "path", "pid", "comm", "forced_charges", "forced_pages", "forced_bytes",
+              "refused_charges"]].sort_values(["forced_pages", "refused_charges"], ascending=False).reset_index(drop=True)
+
+
+def refused_by_gfp(refused: pd.DataFrame, path_of: dict[int, str]) -> pd.DataFrame:
+    """Refused charges per (memcg, gfp, pages asked): how many, and whether the gfp could
+    reclaim (a charge that cannot is refused at the limit without any reclaim)."""
+    if refused.empty:
+        return pd.DataFrame(columns=["cgroup_id", "path", "gfp", "gfp_flags", "can_reclaim", "pages", "refused_charges"])
+    g = refused.groupby(["cgroup_id", "gfp", "pages"], dropna=False).size().rename("refused_charges").reset_index()
+    g["gfp_flags"] = g["gfp"].map(gfp_names).astype("string")
+    g["can_reclaim"] = g["gfp"].map(lambda v: None if pd.isna(v) else bool(int(v) & GFP_DIRECT_RECLAIM)).astype("boolean")
+    g["path"] = g["cgroup_id"].map(lambda c: path_of.get(int(c)) if not pd.isna(c) else None).astype("string")
+    return g[["cgroup_id", "path", "gfp", "gfp_flags", "can_reclaim", "pages", "refused_charges"]]
+
+
+def _peaks(events: pd.DataFrame, truth: pd.DataFrame, steps: pd.DataFrame) -> dict[tuple[int, int], int]:
+    """Per (step, cgroup id) with a memory.max: the highest memory.current reached inside the
+    step (bytes), from the previous step's reading plus the capture's counter movements in
+    order (hierarchical: a movement counts for its cgroup and every ancestor)."""
+    from memtrace.analyses.charges import _ancestors
+
+    limited = steps[steps["memory_max_bytes"].notna()]
+    if limited.empty:
+        return {}
+    mv = page_counter_movements(events)
+    marks = step_markers(events)
+    marks = marks[marks["step"].isin(set(truth["step"]))].reset_index(drop=True)
+    pos = np.searchsorted(marks["row"].to_numpy(), mv["row"].to_numpy(), side="left")
+    keep = pos < len(marks)
+    mv = mv[keep].assign(step=marks["step"].to_numpy()[pos[keep]])
+    chain, _ = _ancestors(truth)
+    cur = {(int(s), int(c)): v for s, c, v in truth[["step", "cgroup_id", "memory_current_bytes"]].itertuples(index=False)}
+    order = sorted(set(truth["step"]))
+    prev = {s: order[i - 1] if i else None for i, s in enumerate(order)}
+    peaks: dict[tuple[int, int], int] = {}
+    for s, cid in zip(limited["step"], limited["cgroup_id"]):
+        s, cid = int(s), int(cid)
+        start = cur.get((prev[s], cid)) if prev[s] is not None else None
+        if start is None or pd.isna(start):
+            continue
+        mine = mv[(mv["step"] == s) & mv["cgroup_id"].map(lambda c: not pd.isna(c) and cid in chain.get(int(c), [int(c)]))]
+        level = int(start) + np.cumsum(mine["signed_pages"].to_numpy()) * PAGE_SIZE
+        peaks[(s, cid)] = int(max(int(start), int(level.max()) if len(level) else int(start)))
+    return peaks
+
+
+def per_step(events: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
+    """With the run's truth table: per step and memcg with a forced or refused charge, the
+    forced pages and calls, refused calls, memory.current and memory.max at the step, bytes
+    above the limit at the step and at the highest point inside it (``peak_over_max_bytes``,
+    from the capture), and the memory.events max raised in the step."""
+    r = charges_by_step(events, truth)
+    t = truth.set_index(["step", "cgroup_id"])
+    r = r[(r["forced_pages"] > 0) | (r["refused_charges"].fillna(0) > 0)].copy()
+    key = list(zip(r["step"].astype(int), r["cgroup_id"].astype("int64")))
+    r["memory_max_bytes"] = pd.array([t["memory_max_bytes"].get(k, pd.NA) for k in key], dtype="Int64")
+    ev = truth.sort_values("step").groupby("cgroup_id")["events_max"].diff()
+    evd = dict(zip(zip(truth.sort_values("step")["step"].astype(int), truth.sort_values("step")["cgroup_id"].astype("int64")), ev))
+    r["events_max_raised"] = pd.array([evd.get(k, pd.NA) for k in key], dtype="Int64")
+    r["over_max_bytes"] = (r["memory_current_bytes"] - r["memory_max_bytes"]).clip(lower=0).astype("Int64")
+    peaks = _peaks(events, truth, r.assign(cgroup_id=r["cgroup_id"].astype("int64")))
+    r["peak_over_max_bytes"] = pd.array(
+        [max(0, peaks[k] - int(m)) if k in peaks and not pd.isna(m) else pd.NA for k, m in zip(key, r["memory_max_bytes"])],
+        dtype="Int64")
+    r["forced_bytes"] = r["forced_pages"] * PAGE_SIZE
+    return r[["step", "step_name", "cgroup_id", "path", "force_charges", "forced_pages", "forced_bytes",
+              "refused_charges", "memory_current_bytes", "memory_max_bytes", "over_max_bytes",
+              "peak_over_max_bytes", "events_max_raised"]].reset_index(drop=True)
+
+
+def observed_behaviour(steps: pd.DataFrame) -> list[str]:
+    """What this kernel did with forced and refused charges, read from the capture and the
+    memory.events of the same run: one sentence each, only where the evidence is clean
+    (steps where a memcg saw only forced, or only refused, charges)."""
+    out = []
+    own = steps[steps["memory_max_bytes"].notna()]
+    only_refused = own[(own["force_charges"] == 0) & (own["refused_charges"].fillna(0) > 0)]
+    only_forced = own[(own["force_charges"] > 0) & (own["refused_charges"].fillna(0) == 0)]
+    if len(only_refused):
+        n, raised = int(only_refused["refused_charges"].sum()), int(only_refused["events_max_raised"].fillna(0).sum())
+        if raised == 0:
+            out.append(f"refused charges raised no max events on this kernel ({n} refused, memory.events max unchanged)")
+        elif raised >= n:
+            out.append(f"refused charges raised max events on this kernel ({n} refused, {raised} max events)")
+        else:
+            out.append(f"refused charges raised some max events on this kernel ({n} refused, {raised} max events)")
+    if len(only_forced):
+        n, raised = int(only_forced["force_charges"].sum()), int(only_forced["events_max_raised"].fillna(0).sum())
+        out.append(f"forced charges raised {'max events' if raised else 'no max events'} on this kernel "
+                   f"({n} forcing calls, {raised} max events)")
+    return out
+
+
+def check_same_run(events: pd.DataFrame, truth: pd.DataFrame, capture: str, truth_name: str) -> None:
+    """Refuse a truth table from another run: the capture's step markers (number and name)
+    must be steps of that truth."""
+    marks = step_markers(events)
+    tsteps = dict(zip(truth["step"].astype(int), truth["step_name"].astype(str)))
+    bad = [(int(s), str(n)) for s, n in zip(marks["step"], marks["step_name"]) if tsteps.get(int(s)) not in (None, str(n))]
+    if marks.empty or bad or not set(marks["step"].astype(int)) & set(tsteps):
+        raise InputError(
+            f"{capture} and {truth_name} are not from the same run: the capture's step markers "
+            f"({', '.join(f'{s} {n}' for s, n in list(zip(marks['step'], marks['step_name']))[:4]) or 'none'}) "
+            f"are not the truth's steps ({', '.join(f'{s} {n}' for s, n in list(tsteps.items())[:4])})"
+        )

@@ -1,0 +1,86 @@
+"""`memtrace report force` on the committed real recordings of the force scenario
+(fixtures/captures: trace-cmd recordings made in the lab guest with memtrace's probes, and
+the truth.json of the same runs): every number is checked against the kernel's own counters."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import KERNELS
+
+CAPTURES = Path(__file__).resolve().parent.parent / "fixtures" / "captures"
+TRACES = Path(__file__).resolve().parent.parent / "fixtures" / "traces"
+LAB = Path(__file__).resolve().parent.parent / "fixtures" / "lab"
+PAGE = 4096
+
+
+def _memtrace(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "memtrace", *map(str, args)], capture_output=True, text=True, timeout=600)
+
+
+def _genf(truth: dict, step: str) -> dict:
+    return next(s for s in truth["steps"] if s["name"] == step)["cgroups"]["/pod/genf"]
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_force_report_equals_the_kernels_counters(kernel):
+    cap, truth_file = CAPTURES / f"force-{kernel}.trace.dat", CAPTURES / f"force-{kernel}.trace.dat.truth.json"
+    r = _memtrace("report", "force", cap, "--truth", truth_file, "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["schema"] == "memtrace.report.force/1"
+    truth = json.loads(truth_file.read_text())
+    lim, now = _genf(truth, "limit-set"), _genf(truth, "force-charged")
+    over = now["memory.current"] - now["memory.max"]
+    raised = now["memory.events"]["max"] - lim["memory.events"]["max"]
+    (row,) = [s for s in doc["steps"] if s["path"] == "/pod/genf"]
+    assert row["step_name"] == "force-charged"
+    # the step starts at the limit; everything above it at the step's end was forced
+    assert lim["memory.current"] == now["memory.max"]
+    assert row["forced_bytes"] == row["over_max_bytes"] == over > 0
+    assert row["peak_over_max_bytes"] >= over
+    assert row["memory_current_bytes"] == now["memory.current"] and row["memory_max_bytes"] == now["memory.max"]
+    # one memory.events max per forcing try_charge_memcg call (6.0+)
+    assert row["force_charges"] == row["events_max_raised"] == raised > 0
+    assert row["refused_charges"] == 0
+    assert doc["totals"] == {"forcing_calls": raised, "forced_pages": over // PAGE, "refused_calls": 0, "finding": None}
+    # the task that forced them: mapctl inserting sockets from the root cgroup
+    (task,) = doc["tasks"]
+    assert (task["path"], task["comm"], task["forced_pages"]) == ("/pod/genf", "mapctl", over // PAGE)
+    assert doc["observed"] == [f"forced charges raised max events on this kernel ({raised} forcing calls, {raised} max events)"]
+    # --fail-over PAGES
+    r = _memtrace("report", "force", cap, "--truth", truth_file, "--fail-over", over // PAGE - 1)
+    assert r.returncode == 1 and f"memtrace: finding: {over // PAGE:,} pages forced above memory.max" in r.stderr
+    assert _memtrace("report", "force", cap, "--fail-over", over // PAGE).returncode == 0
+
+
+def test_force_report_without_refusal_probes_says_so():
+    """The page_counter excerpt has no try_charge events: forced charges are counted, refused
+    ones cannot be, and the report says so instead of printing 0."""
+    r = _memtrace("report", "force", CAPTURES / "force-6.1.page_counter.txt", "--truth",
+                  CAPTURES / "force-6.1.truth.json", "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["totals"]["refused_calls"] is None and doc["totals"]["forced_pages"] > 0
+    assert "refused charges are not counted" in r.stderr
+
+
+def test_force_report_refuses_a_truth_of_another_run():
+    r = _memtrace("report", "force", CAPTURES / "force-6.12.trace.dat", "--truth", LAB / "ghost-6.12" / "truth.json")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.count("\n") == 1 and "are not from the same run" in r.stderr
+    assert str(CAPTURES / "force-6.12.trace.dat") in r.stderr and str(LAB / "ghost-6.12" / "truth.json") in r.stderr
+
+
+def test_force_report_names_missing_events():
+    """A capture without memtrace's probes (the lab's plain tracefs excerpt): one line naming
+    what is missing and the command that records it."""
+    r = _memtrace("report", "force", TRACES / "restart-6.1.excerpt.txt")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.count("\n") == 1
+    assert "trace lacks pc_try_charge, pc_try_charge_ret" in r.stderr and "memtrace probes" in r.stderr
