@@ -80,6 +80,10 @@ class Guest:
         self.qmp_control = rundir / "qmp.sock"
         #: a second QMP monitor, free for drgn (QMP serves one client per socket)
         self.qmp_drgn = rundir / "qmp-drgn.sock"
+        #: the guest's second serial port (ttyS1): the host's answers to the guest's requests
+        #: (lib.sh vmcore_at waits on it while the host dumps)
+        self.control = rundir / "ctl.sock"
+        self._control_sock: socket.socket | None = None
         self.args = [
             qemu_binary(),
             "-nodefaults",
@@ -92,6 +96,8 @@ class Guest:
             "-append", f"console=ttyS0 panic=-1 oops=panic no_hash_pointers {append}".strip(),
             "-no-reboot",
             "-serial", f"file:{self.serial_log}",
+            "-chardev", f"socket,id=mtctl,path={self.control},server=on,wait=off",
+            "-serial", "chardev:mtctl",
             "-qmp", f"unix:{self.qmp_control},server=on,wait=off",
             "-qmp", f"unix:{self.qmp_drgn},server=on,wait=off",
             "-device", "vmcoreinfo",
@@ -128,6 +134,9 @@ class Guest:
         return self.proc.pid
 
     def kill(self) -> None:
+        if self._control_sock is not None:
+            self._control_sock.close()
+            self._control_sock = None
         if self.proc is None or self.proc.poll() is not None:
             return
         try:
@@ -242,6 +251,13 @@ class Guest:
 
             call("qmp_capabilities", None)
             return call(command, arguments)
+
+    def tell(self, line: str) -> None:
+        """Write one line to the guest's second serial port (ttyS1)."""
+        if self._control_sock is None:
+            self._control_sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self._control_sock.connect(str(self.control))
+        self._control_sock.sendall(line.encode() + b"\n")
 
     def dump_memory(self, path: Path) -> None:
         """Write an ELF vmcore of the whole guest (QMP dump-guest-memory, paging off)."""

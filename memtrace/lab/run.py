@@ -37,6 +37,8 @@ from memtrace.lab.truth import build_truth
 META_SCHEMA = "memtrace.lab.meta/1"
 #: lib.sh step's console line
 STEP_LINE = re.compile(r"MEMTRACE-STEP (\d+) (\S+)")
+#: lib.sh vmcore_at's request: dump the guest's memory now, as vmcore-NAME
+VMCORE_LINE = re.compile(r"MEMTRACE-VMCORE ([A-Za-z0-9_.-]+)")
 OUT_DISK_BYTES = 2 << 30  # sparse; the guest writes a tar of /out onto it
 
 
@@ -156,6 +158,15 @@ def run(
                     idx, step_name = m.group(1), m.group(2)
                     steps.append({"index": int(idx), "name": step_name, "host_time": time.time()})
                     say(f"step {idx} {step_name}")
+                v = VMCORE_LINE.search(line)
+                if v:
+                    # the guest waits on ttyS1 until told; dump-guest-memory pauses it meanwhile
+                    if vmcore:
+                        say(f"dumping guest memory at {v.group(1)}")
+                        guest.dump_memory(work / f"vmcore-{v.group(1)}")
+                        guest.tell(f"vmcore-done {v.group(1)}")
+                    else:
+                        guest.tell(f"vmcore-skipped {v.group(1)}")
                 if "MEMTRACE-ERROR" in line:
                     say(line[line.index("MEMTRACE-ERROR"):])
                 if "MEMTRACE-LIVE " in line:

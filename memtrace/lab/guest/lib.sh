@@ -194,6 +194,22 @@ step() {
 	echo "MEMTRACE-STEP $_n $1" > /dev/console
 }
 
+# vmcore_at NAME: the host writes the guest's memory, as it is here, to vmcore-NAME in the
+# run's output folder (not with --no-vmcore). The guest asks on the console and waits on its
+# second serial port (ttyS1, opened first so the answer cannot come before the read) until
+# the host has dumped; dump-guest-memory keeps the guest paused while it writes.
+vmcore_at() {
+	exec 3< /dev/ttyS1
+	stty -F /dev/ttyS1 -echo 2> /dev/null || true
+	echo "MEMTRACE-VMCORE $1" > /dev/console
+	read -r _ack <&3
+	exec 3<&-
+	case "$_ack" in
+	"vmcore-done $1" | "vmcore-skipped $1") note "vmcore_at $1: ${_ack%% *}" ;;
+	*) echo "vmcore_at $1: the host answered '$_ack'" >&2; return 1 ;;
+	esac
+}
+
 mt_trace_start() {
 	echo 0 > "$TRACEFS/tracing_on"
 	grep -qw boot "$TRACEFS/trace_clock" && echo boot > "$TRACEFS/trace_clock"

@@ -4,7 +4,8 @@
 # holds an inner hash (prealloc, 997 of 1021 entries used) and exits; gen1 is removed, so the
 # old inner map's charge is reparented to pod. gen2 creates a new inner map (charged to
 # gen2), copies every entry, swaps it into slot 0, and drops the old one. Steps show the
-# double charge between copy and drop.
+# double charge between copy and drop. At gen2-start the host also dumps the guest as
+# vmcore-gen2-start: the state a recharge what-if reads before the copy.
 B=$BPFFS
 cg_create pod
 cg_create pod/gen1
@@ -23,6 +24,7 @@ cg_remove pod/gen1
 step rmdir-gen1
 cg_create pod/gen2
 step gen2-start
+vmcore_at gen2-start
 old=$(mapctl inner-id $B/outer 0)
 note "old inner map id $old"
 in_cg pod/gen2 mapctl clone id:$old $B/inner_v2 > /out/recharge-clone.txt
