@@ -178,6 +178,7 @@ def take_snapshot(prog, target: dict, progress: Progress | None = None) -> Snaps
                 online = bool(flags & kmemcg.CSS_ONLINE)
                 ev = kmemcg.memcg_events(m)
                 mx = kmemcg.memcg_max_pages(m)
+                hi = kmemcg.memcg_high_pages(m)
                 oc = kmemcg.memcg_objcg(m)
                 orig = kmemcg.memcg_orig_objcg(m)
                 charged = 0
@@ -193,6 +194,7 @@ def take_snapshot(prog, target: dict, progress: Progress | None = None) -> Snaps
                     "populated": kmemcg.memcg_populated(m),
                     "memory_current_bytes": kmemcg.memcg_usage_pages(m) * page_size,
                     "memory_max_bytes": None if mx is None else mx * page_size,
+                    "memory_high_bytes": None if hi is None else hi * page_size,
                     "events_max": ev.get("max", 0),
                     "events_oom": ev.get("oom", 0),
                     "events_oom_kill": ev.get("oom_kill", 0),

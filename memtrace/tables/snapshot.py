@@ -102,6 +102,7 @@ MEMCGS = [
     C("state", "string", "", False, "root | online | ghost (online, unpopulated, holds BPF charges) | dying"),
     C("memory_current_bytes", "int64", "bytes", False, "page_counter usage x PAGE_SIZE (memory.current)"),
     C("memory_max_bytes", "Int64", "bytes", True, "memory.max; NULL = max"),
+    C("memory_high_bytes", "Int64", "bytes", True, "memory.high; NULL = max"),
     C("events_max", "int64", "", False, "memory.events max"),
     C("events_oom", "int64", "", False, "memory.events oom"),
     C("events_oom_kill", "int64", "", False, "memory.events oom_kill"),

@@ -81,6 +81,13 @@ def memcg_max_pages(memcg: Object) -> int | None:
     return None if v >= PAGE_COUNTER_MAX_PAGES // memcg.prog_["PAGE_SIZE"].value_() else v
 
 
+def memcg_high_pages(memcg: Object) -> int | None:
+    """memory.high in pages, None for "max" (``memcg->memory.high``, a page_counter field on
+    6.1 and 6.12)."""
+    v = memcg.memory.high.value_()
+    return None if v >= PAGE_COUNTER_MAX_PAGES // memcg.prog_["PAGE_SIZE"].value_() else v
+
+
 def memcg_events(memcg: Object, local: bool = False) -> dict[str, int]:
     """memory.events (or memory.events.local) as {"low": n, "high": n, "max": n, ...}."""
     prog = memcg.prog_
