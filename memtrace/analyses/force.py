@@ -30,11 +30,12 @@ from memtrace.analyses.charges import (
 from memtrace.errors import InputError
 from memtrace.tables.events import PAGE_SIZE
 
-#: gfp bits named in the refused rows (include/linux/gfp_types.h; the same values on 6.1
-#: and 6.12 for these bits)
-_GFP_BITS = {0x20: "__GFP_HIGH", 0x40: "__GFP_IO", 0x80: "__GFP_FS", 0x400: "__GFP_DIRECT_RECLAIM",
-             0x800: "__GFP_KSWAPD_RECLAIM", 0x2000: "__GFP_NOWARN", 0x8000: "__GFP_NOFAIL",
-             0x10000: "__GFP_NORETRY"}
+#: gfp bits named in the refused rows: 6.1's include/linux/gfp.h and 6.12's
+#: gfp_types.h (bit numbers) give these bits the same values; 0x200 (___GFP_ATOMIC on 6.1)
+#: is left unnamed, since 6.12 dropped it
+_GFP_BITS = {0x20: "__GFP_HIGH", 0x40: "__GFP_IO", 0x80: "__GFP_FS", 0x100: "__GFP_ZERO",
+             0x400: "__GFP_DIRECT_RECLAIM", 0x800: "__GFP_KSWAPD_RECLAIM", 0x2000: "__GFP_NOWARN",
+             0x8000: "__GFP_NOFAIL", 0x10000: "__GFP_NORETRY", 0x400000: "__GFP_ACCOUNT"}
 #: __GFP_DIRECT_RECLAIM: a charge without it cannot reclaim, so over the limit it is refused
 #: (or forced, with __GFP_HIGH/__GFP_NOFAIL)
 GFP_DIRECT_RECLAIM = 0x400

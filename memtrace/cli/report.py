@@ -183,3 +183,82 @@ def force_cmd(
     if finding:
         err.print(f"memtrace: finding: {finding}", markup=False)
         raise typer.Exit(EXIT_FINDING)
+
+
+@report_app.command("recharge")
+def recharge_cmd(
+    capture: Optional[Path] = typer.Argument(None, metavar="[CAPTURE]", help="Effects: the run's capture (memtrace's probes), for the peak inside steps and its duration."),
+    truth: Optional[Path] = typer.Option(None, "--truth", metavar="FILE", help="Effects: truth.json of the lab run."),
+    old: Optional[str] = typer.Option(None, "--old", metavar="CGROUP", help="Effects: the old payer (the owner, or the ancestor its charge was reparented to)."),
+    new: Optional[str] = typer.Option(None, "--new", metavar="CGROUP", help="Effects: the new generation."),
+    from_step: Optional[str] = typer.Option(None, "--from-step", metavar="STEP", help="Effects: first step (default: the first the new generation exists in)."),
+    to_step: Optional[str] = typer.Option(None, "--to-step", metavar="STEP", help="Effects: last step (default: the last)."),
+    to: Optional[str] = typer.Option(None, "--to", metavar="CGROUP", help="What-if: the memcg the maps would move to."),
+    map_ids: Optional[list[int]] = typer.Option(None, "--map", metavar="ID", help="What-if: these maps (repeatable; default: the RFC rule's candidates)."),
+    live: bool = typer.Option(False, "--live", help="What-if: read the running kernel (root)."),
+    vmcore: Optional[Path] = typer.Option(None, "--vmcore", metavar="FILE", help="What-if: read an ELF vmcore."),
+    qmp: Optional[Path] = typer.Option(None, "--qmp", metavar="SOCKET", help="What-if: read a QEMU guest through QMP."),
+    from_file: Optional[Path] = typer.Option(None, "--from", metavar="FILE", help="What-if: a snapshot file."),
+    vmlinux: Optional[Path] = typer.Option(None, "--vmlinux", metavar="FILE", help="vmlinux with debug info."),
+    json_out: bool = typer.Option(False, "--json", help="Print a JSON envelope (schema memtrace.report.recharge/1)."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", metavar="FILE.parquet", help="Write the per-step (effects) or per-map (what-if) table as Parquet."),
+) -> None:
+    """What a recharge did (effects: --truth, --old, --new, optional CAPTURE) or would do
+    (what-if: --to CGROUP and a snapshot source).
+
+    Effects: bytes moved to the new generation, released by the old payer, left behind, and
+    the peak double charge at the steps and (with the capture) inside them, with how long it
+    lasted. What-if: per map the bytes by kind, what the RFC's patches could move and what no
+    mechanism moves, the copy's transient peak, the pre-charge check up to the common
+    ancestor ("fits" or "fails at /pod by N B"), and the reviewers' objections as flags.
+    Exit 1 when the what-if does not fit.
+
+    Examples: memtrace report recharge out/trace.txt --truth out/truth.json --old /pod --new /pod/gen2
+              memtrace report recharge --to /pod/gen2 --vmcore out/vmcore
+    """
+    from memtrace.analyses import recharge as ra
+    from memtrace.errors import InputError
+    from memtrace.render import recharge as render
+    from memtrace.tables.atomic import write_parquet
+
+    if to is not None:
+        if truth or old or new or capture:
+            raise InputError("--to (what-if) takes a snapshot source, not CAPTURE/--truth/--old/--new (effects)")
+        from memtrace.cli.snapshot import snapshot_from_options
+
+        snap = snapshot_from_options(live=live, vmcore=vmcore, qmp=qmp, from_file=from_file, vmlinux=vmlinux)
+        per_map, levels = ra.what_if(snap.maps, snap.allocations, snap.memcgs, to, map_ids or None)
+        v = ra.verdict(levels)
+        if output is not None:
+            write_parquet(per_map, output)
+        if json_out:
+            out.print(render.json_envelope("what-if", to=to, verdict=v, maps=per_map, levels=levels,
+                                           total_bytes=int(per_map["charged_bytes"].sum())), markup=False, soft_wrap=True)
+        else:
+            out.print(render.whatif_table(per_map))
+            out.print(render.levels_table(levels, v))
+            out.print(f"would move {int(per_map['charged_bytes'].sum()):,} B in {len(per_map)} map(s) to {to}: {v}", markup=False)
+        if v.startswith("fails"):
+            raise typer.Exit(EXIT_FINDING)
+        return
+    if truth is None or old is None or new is None:
+        raise InputError("effects need --truth FILE --old CGROUP --new CGROUP (and optionally CAPTURE); a what-if needs --to CGROUP")
+    from memtrace.tables.lab_truth import load_truth
+
+    tt = load_truth(truth)
+    events = None
+    if capture is not None:
+        from memtrace.analyses.force import check_same_run
+        from memtrace.sources.trace import load_trace
+
+        events, _ = load_trace(str(capture))
+        check_same_run(events, tt, str(capture), str(truth))
+    summary, steps = ra.effects(tt, old, new, events, from_step, to_step)
+    if output is not None:
+        write_parquet(steps, output)
+    if json_out:
+        out.print(render.json_envelope("effects", summary=summary, steps=steps), markup=False, soft_wrap=True)
+    else:
+        out.print(render.effects_table(summary, steps))
+        for line in render.effects_lines(summary):
+            out.print(line, markup=False)
