@@ -43,3 +43,42 @@ def test_fixture_is_a_complete_run(scenario, kernel):
     assert (meta["kernel"]["release"], meta["kernel"]["package_version"]) == (pinned.release, pinned.version)
     assert [s["name"] for s in meta["steps"]] == [s["name"] for s in truth["steps"]]
     assert truth["steps"] and all(s["cgroups"]["/"]["id"] == 1 for s in truth["steps"])
+
+
+def _delta(truth: dict, step: str, path: str) -> int:
+    names = [s["name"] for s in truth["steps"]]
+    i = names.index(step)
+    return truth["steps"][i]["cgroups"][path]["memory.current"] - truth["steps"][i - 1]["cgroups"][path]["memory.current"]
+
+
+def test_readme_numbers_are_the_fixtures():
+    """README's scenario numbers are read from the committed runs, so they cannot drift apart."""
+    import re
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    runs = {(sc, k): json.loads((FIXTURES / f"{sc}-{k}" / "truth.json").read_text())
+            for sc in ("restart", "ghost", "force") for k in KERNELS}
+
+    def num(text: str) -> int:
+        return int(text.replace(",", ""))
+
+    m = re.search(r"both kernels ended at ([\d,]+) B against a\s+([\d,]+) B limit with (\d+) `max` events", readme)
+    assert m, "README's force sentence changed: update this test with it"
+    for k in KERNELS:
+        st = {s["name"]: s["cgroups"]["/pod/genf"] for s in runs[("force", k)]["steps"]}
+        got = (st["force-charged"]["memory.current"], st["force-charged"]["memory.max"],
+               st["force-charged"]["memory.events"]["max"] - st["limit-set"]["memory.events"]["max"])
+        assert got == (num(m.group(1)), num(m.group(2)), int(m.group(3))), (k, got)
+    m = re.search(r"6\.1 run: ([\d,]+) of the ([\d,]+) inserts into those\s+two maps failed; ([\d,]+) on 6\.12", readme)
+    assert m, "README's ghost sentence changed: update this test with it"
+    for k, failed in (("6.1", m.group(1)), ("6.12", m.group(3))):
+        fills = [tuple(map(int, f)) for f in re.findall(r"done=(\d+) failed=(\d+) errno=(\d+)", " ".join(runs[("ghost", k)]["notes"]))]
+        assert sum(f for _, f, _ in fills) == num(failed)
+        assert sum(d + f for d, f, _ in fills if f) + fills[0][0] == num(m.group(2))  # the hash's 1,200 fitted
+    m = re.search(r"prealloc hash \(key 8, value 100\) charged gen1 ([\d,]+) B on both", readme)
+    assert m, "README's restart sentence changed: update this test with it"
+    m2 = re.search(r"per-CPU values charged ([\d,]+) B", readme)
+    assert m2, "README's percpu array sentence changed: update this test with it"
+    for k in KERNELS:
+        assert _delta(runs[("restart", k)], "create-hash_prealloc", "/pod/gen1") == num(m.group(1))
+        assert _delta(runs[("restart", k)], "create-percpu_array", "/pod/gen1") == num(m2.group(1))

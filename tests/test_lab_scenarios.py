@@ -17,6 +17,10 @@ pytestmark = pytest.mark.lab
 PAGE = 4096
 
 
+def page_round(n: int) -> int:
+    return (n + PAGE - 1) // PAGE * PAGE
+
+
 def step(truth: dict, name: str) -> dict:
     found = [s for s in truth["steps"] if s["name"] == name]
     assert found, f"no step {name!r}; steps: {[s['name'] for s in truth['steps']]}"
@@ -80,8 +84,9 @@ def test_restart_prealloc_hash_charges_its_element_area(lab, kernel):
     elems = elem_size * (entries + ncpus(truth))  # + one extra element per CPU
     buckets = 16 * roundup_pow2(entries)
     d = delta(truth, "create-hash_prealloc", "/pod/gen1")
-    assert d >= elems + buckets
-    assert d < (elems + buckets) * 1.1 + 16 * PAGE
+    # both areas are whole pages (vmalloc); the bpf_htab (kmalloc-cg-1k) and the pin's dentry
+    # and inode take one more page of object charge: 794,624 B on 6.1.0-56 and 6.12.117
+    assert d == page_round(elems) + page_round(buckets) + PAGE == 794_624
     # filling a preallocated hash allocates nothing
     assert abs(delta(truth, "fill-hash_prealloc", "/pod/gen1")) <= 2 * PAGE
 
@@ -92,7 +97,9 @@ def test_restart_percpu_values_are_not_charged_to_the_creator(lab, kernel):
     truth = lab.truth("restart", kernel)
     values = 509 * 1024 * ncpus(truth)  # percpu_array: 509 entries x round_up(1020, 8) per CPU
     d = delta(truth, "create-percpu_array", "/pod/gen1")
-    assert d < values / 4, f"creating the percpu array charged {d} B; values are {values} B"
+    # the bpf_array with its 509 per-CPU pointers and the pin: two pages in every run seen
+    # (both kernels); the ~1 MB of values is not there
+    assert d == 2 * PAGE, f"creating the percpu array charged {d} B; values are {values} B"
     stat = step(truth, "create-percpu_array")["cgroups"]["/pod/gen1"]["memory.stat"]
     assert stat["percpu"] < values / 4
 

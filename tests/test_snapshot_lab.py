@@ -157,7 +157,10 @@ def test_each_attribution_accuracy(each):
         assert set(others) <= {"dentry", "inode_cache"}, (r.name, others)
         pct = 100 * residual / cur
         report.append((r.name, cur, attributed, leftovers, residual, round(pct, 2)))
-        assert pct <= 1 or residual == sum(others.values())
+        # README: the pin's dentry and inode, about 850 B: under 1% of memory.current but
+        # for the two tiny per-CPU maps (percpu array 6.9% of 12 KiB, percpu hash 3.7%)
+        assert 0 <= residual <= 1024, (r.name, residual)
+        assert pct <= (10 if r.name in ("percpu_array", "percpu_hash") else 1), (r.name, pct)
     print("\n".join(map(str, report)))
 
 
