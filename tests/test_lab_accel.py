@@ -13,15 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from memtrace.lab.qemu import ACCELS, DEFAULT_ACCEL, accel_arg
 from memtrace.lab.run import run
 
 SCENARIO = Path(__file__).parent / "scenarios" / "text_poke_stress.sh"
-
-
-def test_default_accel_is_single_threaded_tcg():
-    assert DEFAULT_ACCEL == "tcg" and accel_arg(DEFAULT_ACCEL) == "tcg,thread=single"
-    assert accel_arg("mttcg") == "tcg,thread=multi" and set(ACCELS) == {"tcg", "mttcg"}
 
 
 @pytest.mark.lab
