@@ -3,7 +3,7 @@
 Exit codes (documented in README): 0 ok, 1 finding over threshold, 2 usage or input error,
 3 environment error (missing tool, kernel, permissions), 4 the lab guest failed (panic, hang,
 scenario error), 5 incomplete result (a live walk met faults: the kernel changed under it),
-130 interrupted.
+70 memtrace's own bug (an unexpected exception: traceback printed), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ EXIT_USAGE = 2
 EXIT_ENVIRONMENT = 3
 EXIT_GUEST = 4
 EXIT_INCOMPLETE = 5
+EXIT_BUG = 70  # sysexits EX_SOFTWARE: an internal error, never a user's mistake
 EXIT_INTERRUPTED = 130
 
 

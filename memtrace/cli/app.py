@@ -11,7 +11,7 @@ import sys
 import typer
 from rich.console import Console
 
-from memtrace.errors import EXIT_INTERRUPTED, MemtraceError
+from memtrace.errors import EXIT_BUG, EXIT_INTERRUPTED, MemtraceError
 
 app = typer.Typer(
     name="memtrace",
@@ -76,7 +76,13 @@ def main() -> None:
         if hasattr(e, "show") and isinstance(getattr(e, "exit_code", None), int):
             e.show()
             sys.exit(2)
-        raise
+        # anything else is memtrace's own bug: its traceback, and an exit code of its own
+        import traceback
+
+        traceback.print_exc()
+        err.print(f"memtrace: internal error (a bug in memtrace, not in your input; please report it with the "
+                  f"traceback above): {type(e).__name__}: {e}", markup=False)
+        sys.exit(EXIT_BUG)
     if rc == EXIT_INTERRUPTED:
         err.print("memtrace: interrupted", markup=False)
     sys.exit(rc if isinstance(rc, int) else 0)

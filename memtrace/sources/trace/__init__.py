@@ -14,7 +14,7 @@ import os
 
 import pandas as pd
 
-from memtrace.errors import InputError, MemtraceError
+from memtrace.errors import InputError
 from memtrace.sources.trace import detect
 from memtrace.tables.events import IngestStats, check_events
 
@@ -40,19 +40,9 @@ def load_trace(path: str, *, kprobe_groups: dict[str, str] | None = None) -> tup
         raise InputError(f"{path}: is a directory, not a trace file")
     fmt = detect.sniff_file(path)
     groups = {**_sidecar_kprobe_groups(path), **(kprobe_groups or {})}
-    try:
-        df, st = _load(path, fmt, groups)
-    except (MemtraceError, MemoryError):
-        raise
-    except Exception as e:
-        # a decoder bug or input nobody foresaw: one line naming the file, not a traceback
-        # (MEMTRACE_DEBUG=1 keeps the traceback for whoever fixes it)
-        if os.environ.get("MEMTRACE_DEBUG"):
-            raise
-        msg = " ".join(str(e).split())
-        if len(msg) > 300:
-            msg = msg[:300] + "..."
-        raise InputError(f"{path}: cannot decode as {fmt}: {type(e).__name__}" + (f": {msg}" if msg else "")) from e
+    # A decoder exception that is not an InputError is memtrace's bug, not bad input: it
+    # reaches the CLI as an internal error (exit 70, with its traceback).
+    df, st = _load(path, fmt, groups)
     return check_events(df), st
 
 
