@@ -44,14 +44,25 @@ def recharge_rule(owner_state: str, owner_path) -> tuple[bool, str]:
     return False, "owner memcg is online"
 
 
-def leftover_maps(maps: pd.DataFrame, allocations: pd.DataFrame, memcgs: pd.DataFrame) -> pd.DataFrame:
+def charged_per_map_memcg(allocations: pd.DataFrame) -> pd.DataFrame:
+    """Charged bytes per (map_id, charged_cgroup_id), uncharged rows left out: the one pass
+    over the allocation rows both leftover tables need (plain numpy columns, so a million
+    rows group in tens of milliseconds)."""
+    cg = allocations["charged_cgroup_id"].to_numpy(dtype="int64", na_value=-1)
+    df = pd.DataFrame({"map_id": allocations["map_id"].to_numpy(dtype="int64"), "charged_cgroup_id": cg,
+                       "charged_bytes": allocations["charged_bytes"].to_numpy(dtype="int64")})
+    per = df[cg >= 0].groupby(["map_id", "charged_cgroup_id"], sort=False)["charged_bytes"].sum().reset_index()
+    return per.sort_values(["map_id", "charged_bytes"], ascending=[True, False], kind="stable").reset_index(drop=True)
+
+
+def leftover_maps(maps: pd.DataFrame, allocations: pd.DataFrame, memcgs: pd.DataFrame,
+                  per: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per map: owner state, who pays now (``owner_path``), the original cgroup where
     the kernel still records it, ``leftover``, bytes charged and uncharged, ``charged_to``
-    (``path=bytes`` per memcg actually charged, ';'-separated, largest first) and the RFC rule."""
+    (``path=bytes`` per memcg actually charged, ';'-separated, largest first) and the RFC rule.
+    ``per``: ``charged_per_map_memcg(allocations)``, if the caller has it already."""
     path_of = dict(zip(memcgs["cgroup_id"].astype("int64"), memcgs["path"].astype(str)))
-    charged = allocations[allocations["charged_cgroup_id"].notna()]
-    per = (charged.groupby(["map_id", "charged_cgroup_id"])["charged_bytes"].sum().reset_index()
-           .sort_values(["map_id", "charged_bytes"], ascending=[True, False]))
+    per = charged_per_map_memcg(allocations) if per is None else per
     to: dict[int, str] = {}
     for mid, grp in per.groupby("map_id", sort=False):
         to[int(mid)] = ";".join(f"{path_of.get(int(c), f'cgroup {int(c)}')}={int(b)}"
@@ -71,14 +82,15 @@ def leftover_maps(maps: pd.DataFrame, allocations: pd.DataFrame, memcgs: pd.Data
                       "charged_to": "string", "recharge_candidate": "bool", "recharge_reason": "string"})
 
 
-def leftover_memcgs(maps: pd.DataFrame, allocations: pd.DataFrame, memcgs: pd.DataFrame) -> pd.DataFrame:
+def leftover_memcgs(maps: pd.DataFrame, allocations: pd.DataFrame, memcgs: pd.DataFrame,
+                    per: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per memcg: ``memory_current_bytes``, ``own_bytes`` (less its children's),
     BPF bytes charged to it (not its descendants) split by the owner state of the map
     (``bpf_<state>_bytes``), ``leftover_bytes`` (ghost + dying + reparented),
     ``leftover_share`` of ``own_bytes``, and ``leftover_subtree_bytes`` (itself and every
     descendant: what an ancestor carries for removed or idle generations)."""
     state_of = dict(zip(maps["map_id"].astype("int64"), maps["owner_state"].astype(str)))
-    a = allocations[allocations["charged_cgroup_id"].notna()][["map_id", "charged_cgroup_id", "charged_bytes"]].copy()
+    a = (charged_per_map_memcg(allocations) if per is None else per).copy()
     a["state"] = a["map_id"].map(state_of).fillna("none")
     by = a.groupby(["charged_cgroup_id", "state"])["charged_bytes"].sum().unstack(fill_value=0)
     m = memcgs[["cgroup_id", "path", "state", "memory_current_bytes"]].copy()

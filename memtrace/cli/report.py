@@ -41,7 +41,13 @@ def leftover_cmd(
 
     Example: memtrace report leftover --vmcore out/restart/vmcore --vmlinux VMLINUX --fail-over 1M
     """
-    from memtrace.analyses.leftover import leftover_maps, leftover_memcgs, parse_fail_over, threshold_crossed
+    from memtrace.analyses.leftover import (
+        charged_per_map_memcg,
+        leftover_maps,
+        leftover_memcgs,
+        parse_fail_over,
+        threshold_crossed,
+    )
     from memtrace.cli.snapshot import snapshot_from_options
     from memtrace.errors import InputError
     from memtrace.render import leftover as render
@@ -51,8 +57,9 @@ def leftover_cmd(
     except ValueError as e:
         raise InputError(str(e)) from None
     snap = snapshot_from_options(live=live, vmcore=vmcore, qmp=qmp, from_file=from_file, vmlinux=vmlinux)
-    maps = leftover_maps(snap.maps, snap.allocations, snap.memcgs)
-    memcgs = leftover_memcgs(snap.maps, snap.allocations, snap.memcgs)
+    per = charged_per_map_memcg(snap.allocations)
+    maps = leftover_maps(snap.maps, snap.allocations, snap.memcgs, per)
+    memcgs = leftover_memcgs(snap.maps, snap.allocations, snap.memcgs, per)
     charged_here = None
     if cgroup is not None:
         if cgroup not in set(memcgs["path"].astype(str)):
