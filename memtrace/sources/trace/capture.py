@@ -70,6 +70,9 @@ class CaptureResult:
     probe_profile: dict[str, dict[str, int]] = field(default_factory=dict)
     #: why the misses could not be read (None: read, or no probe was installed)
     probe_profile_error: str | None = None
+    #: settings the capture needs but could not make, one phrase each (trace clock not
+    #: boot, pointers hashed, per-CPU loss counters unreadable): the file is then incomplete
+    degraded: list[str] = field(default_factory=list)
 
     @property
     def lost_total(self) -> int:
@@ -103,6 +106,7 @@ class CaptureResult:
             r.append(f"{self.misses_total} probe hit(s) missed ({_names(misses_text(self.misses).split(', '))})")
         if self.probe_profile_error:
             r.append(f"probe misses unknown ({self.probe_profile_error})")
+        r.extend(self.degraded)
         return r
 
     def summary(self) -> dict:
@@ -284,6 +288,7 @@ class Capture:
         self._enabled: list[str] = []
         self._instance: str | None = None
         self._restore: dict[str, str] = {}
+        self._lost_unreadable: list[str] = []
         self._dyn_file = "kprobe_events"
 
     # -- signals ---------------------------------------------------------------------
@@ -352,8 +357,10 @@ class Capture:
         try:
             if "boot" in t.read(self._inst("trace_clock")).replace("[", " ").replace("]", " ").split():
                 t.write(self._inst("trace_clock"), "boot")
-        except OSError:
-            pass
+            else:
+                res.degraded.append("trace clock is not boot (the kernel has no boot clock): timestamps do not line up with lab steps")
+        except OSError as e:
+            res.degraded.append(f"trace clock not set to boot ({e.strerror or e})")
         try:
             t.write(self._inst("buffer_size_kb"), str(self.buffer_kb))
         except OSError as e:
@@ -363,8 +370,8 @@ class Capture:
             if self._instance is None and t.exists("options/hash-ptr"):
                 self._restore["options/hash-ptr"] = t.read("options/hash-ptr").strip()
             t.write(self._inst("options/hash-ptr"), "0")
-        except OSError:
-            pass
+        except OSError as e:
+            res.degraded.append(f"pointer hashing not turned off ({e.strerror or e}): event addresses may be hashed")
         if self._instance is None:
             t.write("trace", "")  # clear the top-level buffer (it was saved by nobody)
         # kprobe events
@@ -455,6 +462,8 @@ class Capture:
             os.close(pipe)
             os.close(fd_out)
         res.lost_events = self._lost()
+        if self._lost_unreadable:
+            res.degraded.append(f"lost-event counters unreadable for {', '.join(self._lost_unreadable)}: losses there are unknown")
         return tmp_path
 
     @staticmethod
@@ -480,7 +489,8 @@ class Capture:
         for d in sorted(base.iterdir(), key=lambda p: int(p.name[3:]) if p.name[3:].isdigit() else 0):
             try:
                 text = (d / "stats").read_text()
-            except OSError:
+            except OSError as e:
+                self._lost_unreadable.append(f"{d.name} ({e.strerror or e})")
                 continue
             kv = {}
             for line in text.splitlines():
