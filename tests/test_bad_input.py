@@ -305,3 +305,18 @@ def test_snapshot_live_without_kcore(tmp_path):
 @pytest.mark.parametrize("name,kind", [("empty", "a regular file"), ("dir", "a directory")])
 def test_snapshot_qmp_not_a_socket(files, name, kind):
     one_line_error(run("snapshot", "--qmp", files / name), files / name, f"is {kind}, not a socket")
+
+
+def test_a_broken_meta_json_beside_a_trace_is_a_warning_not_silence(tmp_path):
+    """A meta.json beside a trace is read for the lab's kprobe groups; one that is not JSON
+    is named in a warning (the trace still loads), where it used to be skipped silently."""
+    import shutil
+
+    src = Path(__file__).resolve().parent.parent / "fixtures" / "captures" / "force-6.1.page_counter.txt"
+    trace = tmp_path / "trace.txt"
+    shutil.copy(src, trace)
+    (tmp_path / "meta.json").write_text("{not json")
+    r = subprocess.run([sys.executable, "-m", "memtrace", "ingest", str(trace)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert f"{tmp_path / 'meta.json'}: not a lab meta.json, its kprobe groups are not used (JSONDecodeError" in r.stderr
+    assert "Traceback" not in r.stderr

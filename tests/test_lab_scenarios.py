@@ -250,3 +250,12 @@ def test_run_outputs_are_complete(lab, kernel):
         assert ev in trace, ev
     assert "(____ptrval____)" not in trace  # pointers are real (no_hash_pointers)
     assert meta["trace"]["overruns"] == 0
+
+
+@pytest.mark.parametrize("scenario", ["force", "recharge"])
+def test_settle_loops_reached_their_condition(lab, kernel, scenario):
+    """force and recharge settle until deferred frees are back (lib.sh mt_settle_until); a
+    loop that gives up says so in truth.json's notes, and then the step's reading is not
+    the settled state the other tests assume."""
+    truth = lab.truth(scenario, kernel)
+    assert not [n for n in truth["notes"] if "gave up" in n], truth["notes"]

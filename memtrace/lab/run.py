@@ -167,8 +167,9 @@ def run(
                         guest.tell(f"vmcore-done {v.group(1)}")
                     else:
                         guest.tell(f"vmcore-skipped {v.group(1)}")
-                if "MEMTRACE-ERROR" in line:
-                    say(line[line.index("MEMTRACE-ERROR"):])
+                for tag in ("MEMTRACE-ERROR", "MEMTRACE-WARNING"):
+                    if tag in line:
+                        say(line[line.index(tag):])
                 if "MEMTRACE-LIVE " in line:
                     say(line[line.index("MEMTRACE-LIVE ") + 14:])
 

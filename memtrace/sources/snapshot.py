@@ -246,6 +246,8 @@ def take_snapshot(prog, target: dict, progress: Progress | None = None) -> Snaps
     except read_errors:
         faults += 1
         notes.append("reading the per-CPU charge stocks faulted; stock bytes may be missing")
+    except LookupError as e:
+        notes.append(f"per-CPU charge stocks unknown ({e}): stock_bytes and obj_stock_bytes are 0, not measured")
 
     # maps
     say("pins", 0, 0)

@@ -149,6 +149,11 @@ mt_settle_until() {
 		mt_settle
 		MT_SETTLES=$((MT_SETTLES + 1))
 	done
+	# giving up is said, never silent: a note in truth.json and a console warning
+	if ! "$@"; then
+		note "mt_settle_until gave up after $_max settles: $*"
+		echo "MEMTRACE-WARNING mt_settle_until gave up after $_max settles: $*" > /dev/console
+	fi
 }
 
 # mt_current_at_most CG BYTES: is CG's memory.current at most BYTES?

@@ -170,11 +170,12 @@ class StockEntry:
 def memcg_stock_for_each(prog: Program) -> Iterator[StockEntry]:
     """The per-CPU charge stocks (``memcg_stock``). 5.x-7.0 layout: one cached memcg and
     one cached objcg per CPU. 7.1 (several cached memcgs, separate ``obj_stock``) is
-    read from ``cached[]``/``nr_pages[]`` and ``obj_stock`` when those exist."""
+    read from ``cached[]``/``nr_pages[]`` and ``obj_stock`` when those exist. A kernel
+    without ``memcg_stock`` raises LookupError: its stocks are unknown, not zero."""
     try:
         var = prog["memcg_stock"]
     except KeyError:
-        return
+        raise LookupError("the kernel has no memcg_stock variable") from None
     obj_var = None
     try:
         obj_var = prog["obj_stock"]

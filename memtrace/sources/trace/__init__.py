@@ -19,17 +19,20 @@ from memtrace.sources.trace import detect
 from memtrace.tables.events import IngestStats, check_events
 
 
-def _sidecar_kprobe_groups(path: str) -> dict[str, str]:
-    """Kprobe groups from a lab `meta.json` next to the trace (`trace.kprobe_events_installed`)."""
+def _sidecar_kprobe_groups(path: str) -> tuple[dict[str, str], str | None]:
+    """Kprobe groups from a lab `meta.json` next to the trace (`trace.kprobe_events_installed`),
+    and a warning when such a file is there but cannot be read as one (none when absent)."""
     from memtrace.sources.trace.ftrace_text import kprobe_groups_from_defs
 
     meta = os.path.join(os.path.dirname(os.path.abspath(path)), "meta.json")
+    if not os.path.exists(meta):
+        return {}, None
     try:
         with open(meta) as f:
             m = json.load(f)
-        return kprobe_groups_from_defs((m.get("trace") or {}).get("kprobe_events_installed") or [])
-    except (OSError, ValueError, AttributeError):
-        return {}
+        return kprobe_groups_from_defs((m.get("trace") or {}).get("kprobe_events_installed") or []), None
+    except (OSError, ValueError, AttributeError, TypeError) as e:
+        return {}, f"{meta}: not a lab meta.json, its kprobe groups are not used ({type(e).__name__}: {e})"
 
 
 def load_trace(path: str, *, kprobe_groups: dict[str, str] | None = None) -> tuple[pd.DataFrame, IngestStats]:
@@ -39,10 +42,13 @@ def load_trace(path: str, *, kprobe_groups: dict[str, str] | None = None) -> tup
     if os.path.isdir(path):
         raise InputError(f"{path}: is a directory, not a trace file")
     fmt = detect.sniff_file(path)
-    groups = {**_sidecar_kprobe_groups(path), **(kprobe_groups or {})}
+    sidecar, sidecar_warning = _sidecar_kprobe_groups(path)
+    groups = {**sidecar, **(kprobe_groups or {})}
     # A decoder exception that is not an InputError is memtrace's bug, not bad input: it
     # reaches the CLI as an internal error (exit 70, with its traceback).
     df, st = _load(path, fmt, groups)
+    if sidecar_warning:
+        st.warn(sidecar_warning)
     return check_events(df), st
 
 
