@@ -136,6 +136,18 @@ def validate_events(df: pd.DataFrame) -> list[str]:
     return problems
 
 
+def conform_events(df: pd.DataFrame) -> pd.DataFrame:
+    """The category columns with string categories even when every value is null (pandas
+    gives an all-null category float64 categories, which Parquet would then store as
+    doubles): one Arrow schema whatever the input. Returns ``df``, changed in place."""
+    for c in EVENT_COLUMNS:
+        if c.dtype == "category" and c.name in df and str(df[c.name].dtype) == "category":
+            cats = df[c.name].cat.categories
+            if len(cats) == 0 or cats.dtype.kind == "f":
+                df[c.name] = df[c.name].cat.set_categories(pd.Index([str(x) for x in cats], dtype="string"))
+    return df
+
+
 def check_events(df: pd.DataFrame) -> pd.DataFrame:
     """Raise `SchemaError` unless `df` is a valid event table; return it."""
     problems = validate_events(df)

@@ -16,7 +16,7 @@ import pandas as pd
 
 from memtrace.errors import InputError
 from memtrace.sources.trace import detect
-from memtrace.tables.events import IngestStats, check_events
+from memtrace.tables.events import IngestStats, check_events, conform_events
 
 
 def _sidecar_kprobe_groups(path: str) -> tuple[dict[str, str], str | None]:
@@ -49,7 +49,7 @@ def load_trace(path: str, *, kprobe_groups: dict[str, str] | None = None) -> tup
     df, st = _load(path, fmt, groups)
     if sidecar_warning:
         st.warn(sidecar_warning)
-    return check_events(df), st
+    return check_events(conform_events(df)), st
 
 
 def _load(path: str, fmt: str, groups: dict[str, str]) -> tuple[pd.DataFrame, IngestStats]:
