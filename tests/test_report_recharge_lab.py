@@ -75,7 +75,7 @@ def test_recharge_what_if_predicts_the_copy(lab, kernel, tmp_path):
         old_id, "hash", "reparented", "/pod", "/pod")
     assert doc["verdict"] == "fits"
     assert m["rfc_movable_bytes"] == m["charged_bytes"] == m["slab_bytes"] + m["page_bytes"] + m["vmalloc_bytes"] + m["percpu_bytes"]
-    assert "elements outweigh metadata" in m["flags"]  # the prealloc element area is most of it
+    assert m["flags"] == "elements-dominate"  # the prealloc element area is most of it
     levels = {lv["path"]: lv for lv in doc["levels"]}
     assert levels["/pod/gen2"]["change"] == m["charged_bytes"] and levels["/pod"]["change"] == 0
     # what then happened: the copy (same shape, every entry) charges gen2 exactly the

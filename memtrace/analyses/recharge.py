@@ -28,6 +28,15 @@ from memtrace.tables.events import PAGE_SIZE
 RFC_HASH_TYPES = ("hash", "percpu_hash", "lru_hash", "lru_percpu_hash")
 #: BPF_F_NO_PREALLOC: elements are allocated on update, by user space and programs alike
 BPF_F_NO_PREALLOC = 1
+#: the reviewers' objections, as the flag codes of the what-if table
+FLAGS = {
+    "larger-than-max": "larger than the target's memory.max: no reclaim or OOM kill can make it fit",
+    "no-prealloc-race": "no-prealloc hash: programs allocate elements concurrently, a recharge races with them",
+    "elements-dominate": "elements outweigh metadata: recharging the hash table alone (the RFC's first patch) misses most",
+}
+#: said once per what-if: the snapshot cannot tell which processes hold a map
+HOLDERS_NOTE = ("holders unknown: the snapshot does not list which processes hold each map, so a map held "
+                "from several cgroups (no single next owner) is not detected")
 #: allocation roles that are elements (per-entry memory) rather than the map's metadata
 ELEMENT_ROLES = ("elems", "element", "value", "value_handle", "bpf_ma_cached", "bpf_ma_cached_value", "trie_node")
 
@@ -149,7 +158,8 @@ def what_if(maps: pd.DataFrame, allocations: pd.DataFrame, memcgs: pd.DataFrame,
     Maps: ``map_ids``, else every map the RFC rule makes a candidate. Per map: charged bytes
     per kind, ``rfc_movable_bytes`` (hash maps' charged memory), ``unmovable_bytes`` (charged
     to no memcg: no mechanism moves it), element vs metadata bytes, the payer now, the
-    common ancestor, the copy's transient peak, and the reviewers' objections as flags."""
+    common ancestor, the copy's transient peak, and the reviewers' objections as ``flags``
+    (comma-separated codes of ``FLAGS``)."""
     live = memcgs[~memcgs["dying"].astype(bool)] if "dying" in memcgs else memcgs
     known = set(live["path"].astype(str))
     if to not in known:
@@ -172,12 +182,11 @@ def what_if(maps: pd.DataFrame, allocations: pd.DataFrame, memcgs: pd.DataFrame,
         flags = []
         lim = limit.get(to)
         if lim is not None and not pd.isna(lim) and total > int(lim):
-            flags.append("larger than the target's memory.max: no reclaim or OOM kill can make it fit")
+            flags.append("larger-than-max")
         if m.type in RFC_HASH_TYPES and int(m.flags) & BPF_F_NO_PREALLOC:
-            flags.append("no-prealloc: programs allocate elements concurrently, a recharge races with them")
+            flags.append("no-prealloc-race")
         if m.type in RFC_HASH_TYPES and elem > total - elem:
-            flags.append("elements outweigh metadata: a recharge of the hash table alone (the RFC's first patch) misses most")
-        flags.append("holders unknown: the snapshot does not list which processes hold the map")
+            flags.append("elements-dominate")
         rows.append({
             "map_id": int(m.map_id), "name": m.name, "type": m.type, "owner_state": m.owner_state, "payer": payer,
             "to": to, "common_ancestor": top, "charged_bytes": total,
@@ -186,7 +195,7 @@ def what_if(maps: pd.DataFrame, allocations: pd.DataFrame, memcgs: pd.DataFrame,
             "element_bytes": elem, "metadata_bytes": total - elem,
             "rfc_movable_bytes": total if m.type in RFC_HASH_TYPES else 0,
             "unmovable_bytes": int(m.uncharged_bytes),
-            "copy_peak_bytes": total, "flags": "; ".join(flags),
+            "copy_peak_bytes": total, "flags": ",".join(flags),
         })
     per_map = pd.DataFrame(rows, columns=[
         "map_id", "name", "type", "owner_state", "payer", "to", "common_ancestor", "charged_bytes", "slab_bytes",

@@ -240,9 +240,12 @@ def recharge_cmd(
             write_parquet(per_map, output)
         if json_out:
             out.print(render.json_envelope("what-if", to=to, verdict=v, maps=per_map, levels=levels,
-                                           total_bytes=int(per_map["charged_bytes"].sum())), markup=False, soft_wrap=True)
+                                           total_bytes=int(per_map["charged_bytes"].sum()), flags=ra.FLAGS,
+                                           holders=ra.HOLDERS_NOTE), markup=False, soft_wrap=True)
         else:
             out.print(render.whatif_table(per_map))
+            for line in render.flag_lines(per_map):
+                out.print(line, markup=False)
             out.print(render.levels_table(levels, v))
             out.print(f"would move {int(per_map['charged_bytes'].sum()):,} B in {len(per_map)} map(s) to {to}: {v}", markup=False)
         if v.startswith("fails"):

@@ -24,7 +24,7 @@ def maps_table(rows: pd.DataFrame, title: str) -> Table:
                   ("[bold]" + escape(r.owner_state) + "[/bold]") if r.leftover else _s(r.owner_state),
                   _s(r.owner_path), _s(r.original_path), _b(r.charged_bytes), _b(r.uncharged_bytes),
                   escape(" ".join(f"{p.split('=')[0]} {_b(int(p.split('=')[1]))}" for p in str(r.charged_to).split(";") if p)),
-                  ("yes: " if r.recharge_candidate else "no: ") + escape(str(r.recharge_reason)),
+                  "yes" if r.recharge_candidate else f"no ({escape(str(r.owner_path)) if r.owner_path == '/' else escape(str(r.owner_state))})",
                   _s(str(r.pins).replace(";", " ")))
     return t
 
@@ -55,8 +55,10 @@ def charged_here_table(rows: pd.DataFrame, path: str) -> Table:
 
 
 def summary_lines(maps: pd.DataFrame, memcgs: pd.DataFrame) -> list[str]:
-    """One sentence per ancestor carrying leftover charge, e.g. '/pod carries 2.6 MiB ...'."""
-    lines = []
+    """One sentence per ancestor carrying leftover charge, e.g. '/pod carries 2.6 MiB ...',
+    and the RFC rule's reasons, once each."""
+    lines = [f"RFC recharge {'yes' if c else 'no'}: {why} ({n} map(s))"
+             for (c, why), n in maps.groupby(["recharge_candidate", "recharge_reason"]).size().items()]
     left = memcgs[memcgs["leftover_bytes"] > 0]
     for r in left.itertuples(index=False):
         n = int(maps[maps["charged_to"].str.contains(f"{r.path}=", regex=False) & maps["leftover"]].shape[0])

@@ -37,15 +37,25 @@ def effects_lines(s: dict) -> list[str]:
 
 
 def whatif_table(per_map: pd.DataFrame) -> Table:
-    t = Table(title="what-if: maps that would move, bytes by kind")
-    for col in ("id", "name", "type", "payer", "common ancestor", "charged", "slab", "vmalloc", "pages", "per-CPU",
-                "elements", "RFC can move", "no mechanism moves", "copy peak", "flags"):
-        t.add_column(col, justify="left" if col in ("name", "type", "payer", "common ancestor", "flags") else "right")
+    t = Table(title="what-if: maps that would move")
+    for col in ("id", "name", "type", "payer", "common ancestor", "charged", "by kind", "elements", "RFC can move",
+                "no mechanism moves", "copy peak", "flags"):
+        t.add_column(col, justify="left" if col in ("name", "type", "payer", "common ancestor", "by kind", "flags") else "right")
     for r in per_map.itertuples(index=False):
+        kinds = ", ".join(f"{k} {_b(v)}" for k, v in (("slab", r.slab_bytes), ("vmalloc", r.vmalloc_bytes),
+                                                        ("pages", r.page_bytes), ("per-CPU", r.percpu_bytes)) if v)
         t.add_row(str(r.map_id), _s(r.name), _s(r.type), _s(r.payer), _s(r.common_ancestor), _b(r.charged_bytes),
-                  _b(r.slab_bytes), _b(r.vmalloc_bytes), _b(r.page_bytes), _b(r.percpu_bytes), _b(r.element_bytes),
-                  _b(r.rfc_movable_bytes), _b(r.unmovable_bytes), _b(r.copy_peak_bytes), _s(r.flags))
+                  escape(kinds) or "-", _b(r.element_bytes), _b(r.rfc_movable_bytes), _b(r.unmovable_bytes),
+                  _b(r.copy_peak_bytes), _s(r.flags.replace(",", " ")) if r.flags else "")
     return t
+
+
+def flag_lines(per_map: pd.DataFrame) -> list[str]:
+    """The legend of the flags the table shows, and the holders note."""
+    from memtrace.analyses.recharge import FLAGS, HOLDERS_NOTE
+
+    used = {f for fl in per_map["flags"] for f in fl.split(",") if f}
+    return [f"{code}: {text}" for code, text in FLAGS.items() if code in used] + [HOLDERS_NOTE]
 
 
 def levels_table(levels: pd.DataFrame, verdict: str) -> Table:
