@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from memtrace.cli.app import app, err, out
+from memtrace.cli.snapshot import FROM_FILE, LIVE, QMP, VMCORE, VMLINUX
 from memtrace.errors import EXIT_FINDING, EXIT_INCOMPLETE
 
 report_app = typer.Typer(help="Reports: leftover BPF charge and who pays for it.", no_args_is_help=True)
@@ -16,11 +17,11 @@ app.add_typer(report_app, name="report")
 
 @report_app.command("leftover")
 def leftover_cmd(
-    live: bool = typer.Option(False, "--live", help="Read the running kernel through /proc/kcore (root)."),
-    vmcore: Optional[Path] = typer.Option(None, "--vmcore", metavar="FILE", help="Read an ELF vmcore."),
-    qmp: Optional[Path] = typer.Option(None, "--qmp", metavar="SOCKET", help="Read a running QEMU guest through its QMP socket."),
-    from_file: Optional[Path] = typer.Option(None, "--from", metavar="FILE", help="A snapshot file written by 'memtrace snapshot -o'."),
-    vmlinux: Optional[Path] = typer.Option(None, "--vmlinux", metavar="FILE", help="vmlinux with debug info (checked against the kernel's build id)."),
+    live: bool = LIVE,
+    vmcore: Optional[Path] = VMCORE,
+    qmp: Optional[Path] = QMP,
+    from_file: Optional[Path] = FROM_FILE,
+    vmlinux: Optional[Path] = VMLINUX,
     cgroup: Optional[str] = typer.Option(None, "--cgroup", metavar="CGROUP", help="List everything BPF charged to this memcg (path, e.g. /pod)."),
     map_sel: Optional[str] = typer.Option(None, "--map", metavar="ID|NAME|PIN", help="Show one map: its id, name or bpffs pin."),
     fail_over: Optional[str] = typer.Option(
@@ -202,11 +203,11 @@ def recharge_cmd(
     to_step: Optional[str] = typer.Option(None, "--to-step", metavar="STEP", help="Effects: last step (default: the last)."),
     to: Optional[str] = typer.Option(None, "--to", metavar="CGROUP", help="What-if: the memcg the maps would move to."),
     map_ids: Optional[list[int]] = typer.Option(None, "--map", metavar="ID", help="What-if: these maps (repeatable; default: the RFC rule's candidates)."),
-    live: bool = typer.Option(False, "--live", help="What-if: read the running kernel (root)."),
-    vmcore: Optional[Path] = typer.Option(None, "--vmcore", metavar="FILE", help="What-if: read an ELF vmcore."),
-    qmp: Optional[Path] = typer.Option(None, "--qmp", metavar="SOCKET", help="What-if: read a QEMU guest through QMP."),
-    from_file: Optional[Path] = typer.Option(None, "--from", metavar="FILE", help="What-if: a snapshot file."),
-    vmlinux: Optional[Path] = typer.Option(None, "--vmlinux", metavar="FILE", help="vmlinux with debug info."),
+    live: bool = LIVE,
+    vmcore: Optional[Path] = VMCORE,
+    qmp: Optional[Path] = QMP,
+    from_file: Optional[Path] = FROM_FILE,
+    vmlinux: Optional[Path] = VMLINUX,
     json_out: bool = typer.Option(False, "--json", help="Print a JSON envelope (schema memtrace.report.recharge/1)."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", metavar="FILE.parquet", help="Write the per-step (effects) or per-map (what-if) table as Parquet."),
 ) -> None:

@@ -11,13 +11,22 @@ from memtrace.cli.app import app, err, out
 from memtrace.errors import EXIT_INCOMPLETE
 
 
+#: The snapshot source options: one definition for `snapshot` and every report that reads a
+#: snapshot (exactly one of --live, --vmcore, --qmp, --from; see snapshot_from_options).
+LIVE = typer.Option(False, "--live", help="Read the running kernel through /proc/kcore (root).")
+VMCORE = typer.Option(None, "--vmcore", metavar="FILE", help="Read an ELF vmcore.")
+QMP = typer.Option(None, "--qmp", metavar="SOCKET", help="Read a running QEMU guest through its QMP socket.")
+FROM_FILE = typer.Option(None, "--from", metavar="FILE", help="Load a snapshot file written by 'memtrace snapshot -o' instead of a kernel.")
+VMLINUX = typer.Option(None, "--vmlinux", metavar="FILE", help="vmlinux with debug info (checked against the kernel's build id); default: drgn's search.")
+
+
 @app.command("snapshot")
 def snapshot_cmd(
-    live: bool = typer.Option(False, "--live", help="Read the running kernel through /proc/kcore (root)."),
-    vmcore: Optional[Path] = typer.Option(None, "--vmcore", help="Read an ELF vmcore."),
-    qmp: Optional[Path] = typer.Option(None, "--qmp", help="Read a running QEMU guest through its QMP socket."),
-    from_file: Optional[Path] = typer.Option(None, "--from", help="Load a snapshot file written with -o instead of a kernel."),
-    vmlinux: Optional[Path] = typer.Option(None, "--vmlinux", help="vmlinux with debug info (checked against the kernel's build id); default: drgn's search."),
+    live: bool = LIVE,
+    vmcore: Optional[Path] = VMCORE,
+    qmp: Optional[Path] = QMP,
+    from_file: Optional[Path] = FROM_FILE,
+    vmlinux: Optional[Path] = VMLINUX,
     json_out: bool = typer.Option(False, "--json", help="Print a JSON envelope (maps, memcgs, allocation summary) on stdout."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write the snapshot file (zip: header.json + Parquet tables)."),
 ) -> None:
