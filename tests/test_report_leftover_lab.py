@@ -84,6 +84,14 @@ def test_restart_leftover_is_reparented_to_pod(lab, kernel, tmp_path_factory):
     assert 0 <= pod["own_bytes"] - pod["leftover_bytes"] <= max(32 * 1024, pod["own_bytes"] // 100)
     assert pod["leftover_subtree_bytes"] == cg["/"]["leftover_subtree_bytes"] == pod["leftover_bytes"]
     assert cg["/pod/gen2"]["leftover_bytes"] == 0
+    # where /pod's own usage went: its memory.stat (read from the kernel in the vmcore) is the
+    # guest's last reading, less gen2's, and BPF maps + anon + file + other kernel + sock +
+    # stocks explain its own usage to the byte (nothing ran in /pod after that reading)
+    stat = {k: last["/pod"]["memory.stat"][k] - last["/pod/gen2"]["memory.stat"][k] for k in ("anon", "file", "kernel", "sock")}
+    assert {k: pod[f"own_{k}_bytes"] for k in stat} == stat
+    assert pod["kernel_other_bytes"] == stat["kernel"] - pod["leftover_bytes"] >= 0
+    assert pod["unexplained_bytes"] == cg["/pod/gen2"]["unexplained_bytes"] == 0
+    assert cg["/"]["unexplained_bytes"] is None  # no split for the root
 
     snap = _snapshot_file(run_dir, tmp_path_factory.mktemp("leftover"))
     # --fail-over: bytes in all, or a share of one memcg's own usage

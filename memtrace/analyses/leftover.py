@@ -18,6 +18,8 @@ import pandas as pd
 
 #: owner states whose charge outlived its generation
 LEFTOVER_STATES = ("ghost", "dying", "reparented")
+#: the memcg stat columns of the snapshot (memory.stat, hierarchical) the split reads
+STAT_COLUMNS = ("stat_anon_bytes", "stat_file_bytes", "stat_kernel_bytes", "stat_sock_bytes", "stock_bytes")
 #: every owner state, in report order
 OWNER_STATES = ("online", "ghost", "dying", "reparented", "none")
 
@@ -88,23 +90,47 @@ def leftover_memcgs(maps: pd.DataFrame, allocations: pd.DataFrame, memcgs: pd.Da
     BPF bytes charged to it (not its descendants) split by the owner state of the map
     (``bpf_<state>_bytes``), ``leftover_bytes`` (ghost + dying + reparented),
     ``leftover_share`` of ``own_bytes``, and ``leftover_subtree_bytes`` (itself and every
-    descendant: what an ancestor carries for removed or idle generations)."""
+    descendant: what an ancestor carries for removed or idle generations). Where the
+    snapshot has memory.stat: ``own_anon_bytes``, ``own_file_bytes``, ``own_kernel_bytes``,
+    ``own_sock_bytes`` (less the children's), ``kernel_other_bytes`` (kernel memory that is
+    not a BPF map's), ``stock_bytes`` (pages pre-charged in per-CPU stocks: in
+    memory.current, in no stat) and ``unexplained_bytes`` (own usage none of these explains;
+    null for the root, whose counter does not hold what its system-wide stats count)."""
     state_of = dict(zip(maps["map_id"].astype("int64"), maps["owner_state"].astype(str)))
     a = (charged_per_map_memcg(allocations) if per is None else per).copy()
     a["state"] = a["map_id"].map(state_of).fillna("none")
     by = a.groupby(["charged_cgroup_id", "state"])["charged_bytes"].sum().unstack(fill_value=0)
-    m = memcgs[["cgroup_id", "path", "state", "memory_current_bytes"]].copy()
+    stats = [c for c in STAT_COLUMNS if c in memcgs]
+    m = memcgs[["cgroup_id", "path", "state", "memory_current_bytes", *stats]].copy()
     m["cgroup_id"] = m["cgroup_id"].astype("int64")
     paths = set(m["path"].astype(str))
     m["parent"] = [p if p in paths else None for p in (_parent(str(x)) for x in m["path"])]
-    child_sum = m[m["parent"].notna()].groupby("parent")["memory_current_bytes"].sum()
+    kids = m[m["parent"].notna()].groupby("parent")
+    child_sum = kids["memory_current_bytes"].sum()
     m["own_bytes"] = (m["memory_current_bytes"] - m["path"].map(child_sum).fillna(0)).astype("int64")
+    # memory.stat is hierarchical too: a memcg's own part is its value less its children's
+    for c in stats:
+        if c == "stock_bytes":  # per memcg already, not hierarchical
+            continue
+        own = m[c] - m["path"].map(kids[c].sum()).fillna(0)
+        m["own_" + c.removeprefix("stat_")] = own.astype("Int64")
     for s in OWNER_STATES:
         col = by[s] if s in by.columns else pd.Series(dtype="int64")
         m[f"bpf_{s}_bytes"] = m["cgroup_id"].map(col).fillna(0).astype("int64")
     m["leftover_bytes"] = sum(m[f"bpf_{s}_bytes"] for s in LEFTOVER_STATES).astype("int64")
     own = m["own_bytes"].where(m["own_bytes"] > 0)
     m["leftover_share"] = (m["leftover_bytes"] / own).astype("Float64")
+    # where the memcg's own usage went: BPF maps (above, by owner state), anon, file, the
+    # rest of kernel memory, socket buffers, and what none of these explains
+    if {"stat_anon_bytes", "stat_file_bytes", "stat_kernel_bytes"} <= set(stats):
+        bpf = sum(m[f"bpf_{s}_bytes"] for s in OWNER_STATES)
+        m["kernel_other_bytes"] = (m["own_kernel_bytes"] - bpf).astype("Int64")
+        sock = m["own_sock_bytes"] if "own_sock_bytes" in m else 0
+        # pages pre-charged in per-CPU stocks count in memory.current but in no stat
+        stock = m["stock_bytes"] if "stock_bytes" in m else 0
+        unexplained = m["own_bytes"] - m["own_anon_bytes"] - m["own_file_bytes"] - m["own_kernel_bytes"] - sock - stock
+        # the root's counter does not hold what its stats count (system-wide): no split there
+        m["unexplained_bytes"] = unexplained.astype("Int64").mask(m["path"].eq("/"))
     # subtree totals: every memcg adds its leftover to itself and each ancestor present
     sub = dict.fromkeys(m["path"].astype(str), 0)
     for path, b in zip(m["path"].astype(str), m["leftover_bytes"]):

@@ -87,6 +87,9 @@ def leftover_cmd(
             out.print(render.charged_here_table(charged_here, cgroup))
         if map_sel is None:
             out.print(render.memcgs_table(memcgs))
+            where = render.where_table(memcgs)
+            if where is not None:
+                out.print(where)
             for line in render.summary_lines(maps, memcgs):
                 out.print(line, markup=False)
     if finding:

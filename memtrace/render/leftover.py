@@ -43,6 +43,24 @@ def memcgs_table(rows: pd.DataFrame) -> Table:
     return t
 
 
+def where_table(rows: pd.DataFrame) -> Table | None:
+    """Where each memcg's own usage went (None when the snapshot has no memory.stat)."""
+    if "unexplained_bytes" not in rows:
+        return None
+    t = Table(title="where each memcg's own usage went (memory.current less its children's)")
+    for col in ("path", "own", "BPF maps", "of which leftover", "anon", "file", "other kernel", "sock", "stocks",
+                "unexplained"):
+        t.add_column(col, justify="left" if col == "path" else "right")
+    for r in rows.itertuples(index=False):
+        if r.own_bytes == 0 and r.path != "/":
+            continue
+        bpf = r.bpf_online_bytes + r.bpf_ghost_bytes + r.bpf_dying_bytes + r.bpf_reparented_bytes + r.bpf_none_bytes
+        t.add_row(_s(r.path), _b(r.own_bytes), _b(bpf), _b(r.leftover_bytes), _b(r.own_anon_bytes), _b(r.own_file_bytes),
+                  _b(r.kernel_other_bytes), _b(getattr(r, "own_sock_bytes", None)), _b(getattr(r, "stock_bytes", None)),
+                  _b(r.unexplained_bytes))
+    return t
+
+
 def charged_here_table(rows: pd.DataFrame, path: str) -> Table:
     t = Table(title=f"everything BPF charged to {escape(path)} (not its descendants)")
     for col, j in (("map id", "right"), ("name", "left"), ("owner state", "left"), ("owner", "left"),

@@ -206,6 +206,7 @@ def take_snapshot(prog, target: dict, progress: Progress | None = None) -> Snaps
                     "objcg_charged_bytes": charged,
                     "bpf_bytes": 0,
                     "bpf_maps_owned": 0,
+                    **{f"stat_{k}_bytes": v for k, v in kmemcg.memcg_stat_bytes(m).items()},
                 }
                 memcg_objs[addr] = m
             except read_errors:

@@ -114,6 +114,13 @@ MEMCGS = [
     C("objcg_charged_bytes", "int64", "bytes", False, "sum of nr_charged_bytes of objcgs charging this memcg"),
     C("bpf_bytes", "int64", "bytes", False, "BPF map allocations charged to this memcg (not its descendants)"),
     C("bpf_maps_owned", "int64", "", False, "maps whose owner memcg is this one"),
+    C("stat_anon_bytes", "Int64", "bytes", True, "memory.stat anon (hierarchical, as last flushed)"),
+    C("stat_file_bytes", "Int64", "bytes", True, "memory.stat file"),
+    C("stat_kernel_bytes", "Int64", "bytes", True, "memory.stat kernel (all kmem: slab, vmalloc, stacks, ...)"),
+    C("stat_slab_bytes", "Int64", "bytes", True, "memory.stat slab"),
+    C("stat_percpu_bytes", "Int64", "bytes", True, "memory.stat percpu"),
+    C("stat_vmalloc_bytes", "Int64", "bytes", True, "memory.stat vmalloc"),
+    C("stat_sock_bytes", "Int64", "bytes", True, "memory.stat sock (network buffers; not in kernel)"),
 ]
 
 TABLES: dict[str, list[Column]] = {"maps": MAPS, "allocations": ALLOCATIONS, "memcgs": MEMCGS}

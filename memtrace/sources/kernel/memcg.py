@@ -88,6 +88,66 @@ def memcg_high_pages(memcg: Object) -> int | None:
     return None if v >= PAGE_COUNTER_MAX_PAGES // memcg.prog_["PAGE_SIZE"].value_() else v
 
 
+#: memory.stat keys memtrace reads, and the kernel stat items they sum (enum node_stat_item
+#: or enum memcg_stat_item names; the unit is in the name: _B bytes, _KB KiB, else pages)
+MEMORY_STAT_ITEMS = {
+    "anon": ("NR_ANON_MAPPED",),
+    "file": ("NR_FILE_PAGES",),
+    "kernel": ("MEMCG_KMEM",),
+    "slab": ("NR_SLAB_RECLAIMABLE_B", "NR_SLAB_UNRECLAIMABLE_B"),
+    "percpu": ("MEMCG_PERCPU_B",),
+    "vmalloc": ("MEMCG_VMALLOC",),
+    "sock": ("MEMCG_SOCK",),
+    "shmem": ("NR_SHMEM",),
+}
+
+
+def memcg_stat_bytes(memcg: Object) -> dict[str, int]:
+    """memory.stat's ``MEMORY_STAT_ITEMS`` in bytes, hierarchical (the memcg and its
+    descendants), as last flushed by rstat: ``memcg->vmstats->state``. 6.1 indexes it by
+    the stat item itself; 6.12 compacts the array and maps items through
+    ``mem_cgroup_stats_index[]`` (feature-detected by that variable). Items the kernel
+    lacks are left out."""
+    layout = _stat_layout(memcg.prog_)
+    state = memcg.vmstats.state
+    out: dict[str, int] = {}
+    for key, slots in layout.items():
+        out[key] = sum(state[i].value_() * unit for i, unit in slots)
+    return out
+
+
+_stat_layouts: dict[int, dict[str, list[tuple[int, int]]]] = {}
+
+
+def _stat_layout(prog: Program) -> dict[str, list[tuple[int, int]]]:
+    """memory.stat key -> [(index into vmstats->state, bytes per unit)], once per program."""
+    if id(prog) in _stat_layouts:
+        return _stat_layouts[id(prog)]
+    enum: dict[str, int] = {}
+    for en in ("enum node_stat_item", "enum memcg_stat_item"):
+        enum.update(dict(prog.type(en).enumerators))
+    try:
+        index = prog["mem_cgroup_stats_index"]  # 6.12: a compacted array
+    except KeyError:
+        index = None  # 6.1: indexed by the item
+    size = prog.type("struct memcg_vmstats").member("state").type.length
+    page = prog["PAGE_SIZE"].value_()
+    layout: dict[str, list[tuple[int, int]]] = {}
+    for key, items in MEMORY_STAT_ITEMS.items():
+        slots = []
+        for name in items:
+            if name not in enum:
+                continue
+            i = enum[name] if index is None else index[enum[name]].value_()
+            if i >= size:  # not tracked per memcg on this kernel
+                continue
+            slots.append((i, 1 if name.endswith("_B") else 1024 if name.endswith("_KB") else page))
+        if slots:
+            layout[key] = slots
+    _stat_layouts[id(prog)] = layout
+    return layout
+
+
 def memcg_events(memcg: Object, local: bool = False) -> dict[str, int]:
     """memory.events (or memory.events.local) as {"low": n, "high": n, "max": n, ...}."""
     prog = memcg.prog_
