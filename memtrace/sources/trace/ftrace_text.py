@@ -96,7 +96,7 @@ def canonical_event(name: str, *, kprobe: bool = False, kprobe_groups: dict[str,
     if name in MARKER_EVENTS:
         return "ftrace:print", True
     if kprobe:
-        # memtrace's own kprobe events take the group of their definitions (probes/*.toml)
+        # memtrace's own kprobe events take the group of their definitions (memtrace/probes/*.toml)
         from memtrace.sources.trace.probedefs import default_kprobe_groups
 
         g = (kprobe_groups or {}).get(name) or default_kprobe_groups().get(name) or "kprobes"

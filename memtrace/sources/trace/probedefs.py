@@ -1,4 +1,4 @@
-"""Capture definitions (``probes/*.toml``) turned into probes for one kernel.
+"""Capture definitions (``memtrace/probes/*.toml``, package data) turned into probes for one kernel.
 
 A definition names attach points in order of preference (tracepoint, then kprobe with
 BTF-typed args, then kprobe with numeric offsets) and fetch-args written symbolically
@@ -20,6 +20,8 @@ import functools
 import re
 import tomllib
 from dataclasses import dataclass, field
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 
 from memtrace.errors import InputError
@@ -28,15 +30,18 @@ from memtrace.sources.kernel.target import KernelTarget
 DEFAULT_GROUP = "memtrace"
 
 
-def definitions_dir() -> Path:
-    """Where memtrace's probe definitions live: probes/ at the repo root, next to the package."""
-    return Path(__file__).resolve().parents[3] / "probes"
+def definitions_dir() -> Traversable:
+    """Where memtrace's probe definitions live: package data, ``memtrace/probes/`` (the
+    checkout's top-level ``probes`` is a symlink to it). A `pathlib.Path` for a package on
+    disk (checkout, editable or wheel install), read through importlib.resources."""
+    return resources.files("memtrace") / "probes"
 
 
-def default_definitions() -> list[Path]:
-    """The probes/*.toml files shipped with memtrace (repo root, next to the package)."""
+def default_definitions() -> list[Traversable]:
+    """The ``*.toml`` probe definitions shipped with memtrace (``memtrace/probes/``)."""
     root = definitions_dir()
-    files = sorted(root.glob("*.toml"))
+    files = sorted((f for f in root.iterdir() if f.name.endswith(".toml") and f.is_file()), key=lambda f: f.name) \
+        if root.is_dir() else []
     if not files:
         raise InputError(f"{root}: no probe definitions (*.toml) found; pass --defs FILE")
     return files
@@ -46,13 +51,13 @@ def default_definitions() -> list[Path]:
 def _default_kprobe_groups() -> tuple[tuple[str, str], ...]:
     try:
         defs = load_definitions()
-    except (InputError, OSError):  # an installed package without probes/, or a broken definition file
+    except (InputError, OSError):  # no definitions found, or a broken definition file
         return ()
     return tuple((p.name, p.group) for p in defs.probes if any(a.kind != "tracepoint" for a in p.attach))
 
 
 def default_kprobe_groups() -> dict[str, str]:
-    """{event name: group} of the kprobe events memtrace's own definitions (probes/*.toml)
+    """{event name: group} of the kprobe events memtrace's own definitions (memtrace/probes/*.toml)
     make: how a trace line that names an event without its group is given one."""
     return dict(_default_kprobe_groups())
 
@@ -141,7 +146,8 @@ def load_definitions(paths: list[Path] | None = None) -> Definitions:
     probes, tps = [], []
     for p in paths:
         try:
-            text = Path(p).read_bytes().decode("utf-8")
+            # a path given by the user, or a Traversable of the package's own definitions
+            text = (p if isinstance(p, Traversable) else Path(p)).read_bytes().decode("utf-8")
         except IsADirectoryError:
             raise InputError(f"{p}: is a directory, not a probe definition file") from None
         except OSError as e:

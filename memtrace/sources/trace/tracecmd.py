@@ -50,7 +50,7 @@ the trace.dat itself (its kallsyms, its event formats):
 * Kprobe groups: text names a kprobe event without its group; a trace.dat stores it
   (``report -E`` lists system:event), so ``memtrace:pc_try_charge`` needs no lab meta.json.
   Text takes them from the caller (load_trace: a lab meta.json beside the file), then from
-  memtrace's probe definitions (probes/*.toml), else the kernel's default group ``kprobes``.
+  memtrace's probe definitions (memtrace/probes/*.toml), else the kernel's default group ``kprobes``.
 * The kernel's per-CPU statistics saved at the end of the recording (``report --stat``):
   overruns and dropped events count as lost events (a trace.dat only).
 """
@@ -79,7 +79,7 @@ def parse_report_text(data: bytes, *, path: str = "<buffer>", kprobe_groups=None
     """`trace-cmd report` text (with or without -t, -N, buffer prefixes), read as load_trace_dat
     reads its own `trace-cmd report`, without what needs the trace.dat (its kallsyms and event
     formats; see `to_tracefs_text`). Kprobe events are known by name: `kprobe_groups`, then
-    memtrace's probe definitions (probes/*.toml), then memtrace's own names; a raw
+    memtrace's probe definitions (memtrace/probes/*.toml), then memtrace's own names; a raw
     ``(ffffffff...)`` ip on any other event that is not a known tracepoint is a kprobe too (group
     ``kprobes``, the kernel's default)."""
     groups = {**probe_definition_groups(), **(kprobe_groups or {})}
@@ -127,7 +127,7 @@ def load_report_text(path: str, *, kprobe_groups=None) -> tuple[pd.DataFrame, In
 
 
 def probe_definition_groups() -> dict[str, str]:
-    """{event name: group} of the kprobe events memtrace's own definitions (probes/*.toml) make."""
+    """{event name: group} of the kprobe events memtrace's own definitions (memtrace/probes/*.toml) make."""
     from memtrace.sources.trace.probedefs import default_kprobe_groups
 
     return default_kprobe_groups()
