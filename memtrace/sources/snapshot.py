@@ -151,6 +151,8 @@ def take_snapshot(prog, target: dict, progress: Progress | None = None) -> Snaps
 
     from memtrace.sources.kernel import bpf as kbpf
     from memtrace.sources.kernel import memcg as kmemcg
+    from memtrace.sources.kernel.percpu import pcpu_obj_full_size
+    from memtrace.sources.kernel.slab import obj_full_size
 
     say = progress or (lambda stage, done, total: None)
     t0 = time.time()
@@ -175,7 +177,7 @@ def take_snapshot(prog, target: dict, progress: Progress | None = None) -> Snaps
             try:
                 addr = m.value_()
                 flags = m.css.flags.value_()
-                online = bool(flags & kmemcg.CSS_ONLINE)
+                online = bool(flags & kmemcg.kernel_constant(prog, "CSS_ONLINE"))
                 ev = kmemcg.memcg_events(m)
                 mx = kmemcg.memcg_max_pages(m)
                 hi = kmemcg.memcg_high_pages(m)
@@ -190,7 +192,8 @@ def take_snapshot(prog, target: dict, progress: Progress | None = None) -> Snaps
                     "memcg_address": addr,
                     "css_flags": flags,
                     "online": online,
-                    "dying": (not online or bool(flags & kmemcg.CSS_DYING)) and not flags & kmemcg.CSS_RELEASED,
+                    "dying": (not online or bool(flags & kmemcg.kernel_constant(prog, "CSS_DYING")))
+                    and not flags & kmemcg.kernel_constant(prog, "CSS_RELEASED"),
                     "populated": kmemcg.memcg_populated(m),
                     "memory_current_bytes": kmemcg.memcg_usage_pages(m) * page_size,
                     "memory_max_bytes": None if mx is None else mx * page_size,
@@ -401,7 +404,7 @@ def take_snapshot(prog, target: dict, progress: Progress | None = None) -> Snaps
     sz = alloc["size_bytes"].to_numpy()
     is_slab = k == "slab_object"
     is_pcpu = k == "percpu"
-    full = np.where(is_slab, sz + 8, np.where(is_pcpu, sz * ncpu + (sz >> 2) * 8, sz))
+    full = np.where(is_slab, obj_full_size(prog, sz), np.where(is_pcpu, pcpu_obj_full_size(prog, sz, ncpu), sz))
     alloc["charged_bytes"] = np.where(charged, full, 0).astype(np.int64)
     alloc["size_bytes"] = np.where(is_pcpu, sz * ncpu, sz).astype(np.int64)
     uniq = np.unique(alloc["objcg"].to_numpy()[charged])

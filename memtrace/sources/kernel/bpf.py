@@ -559,10 +559,13 @@ def bpf_map_mem_usage(map: Object) -> int | None:
         prealloc = not (map.map_flags.value_() & BPF_F_NO_PREALLOC)
         percpu = mtype in PERCPU_HASH_TYPES
         lru = mtype in LRU_TYPES
+        # kernel/bpf/hashtab.c htab_map_mem_usage(), with the kernel's own sizeof()s
+        ptr = sizeof(prog.type("void *"))  # sizeof(struct htab_elem *), sizeof(void *)
+        llist_node = sizeof(prog.type("struct llist_node"))  # LLIST_NODE_SZ
         usage = sizeof(htab.type_.type)
         usage += sizeof(prog.type("struct bucket")) * htab.n_buckets.value_()
         if _has_member(htab, "map_locked"):
-            usage += 4 * ncpu * len(htab.map_locked)
+            usage += sizeof(prog.type("int")) * ncpu * len(htab.map_locked)
         elem_size = htab.elem_size.value_()
         if prealloc:
             n = map.max_entries.value_()
@@ -572,7 +575,7 @@ def bpf_map_mem_usage(map: Object) -> int | None:
             if percpu:
                 usage += vsize * ncpu * n
             elif not lru:
-                usage += 8 * ncpu
+                usage += ptr * ncpu
         else:
             if htab.use_percpu_counter.value_():
                 from drgn.helpers.linux.percpu import percpu_counter_sum
@@ -580,9 +583,9 @@ def bpf_map_mem_usage(map: Object) -> int | None:
                 n = percpu_counter_sum(htab.pcount.address_of_())
             else:
                 n = htab.count.counter.value_()
-            usage += (elem_size + 8) * n
+            usage += (elem_size + llist_node) * n
             if percpu:
-                usage += 16 * n + vsize * ncpu * n
+                usage += (llist_node + ptr) * n + vsize * ncpu * n
         return usage
     if mtype in ARRAY_TYPES:
         array = container_of(map, "struct bpf_array", "map")
@@ -590,7 +593,7 @@ def bpf_map_mem_usage(map: Object) -> int | None:
         es = array.elem_size.value_()
         usage = sizeof(array.type_.type)
         if mtype == "percpu_array":
-            return usage + entries * 8 + entries * es * ncpu
+            return usage + entries * sizeof(prog.type("void *")) + entries * es * ncpu  # the per-CPU pointers
         if map.map_flags.value_() & BPF_F_MMAPABLE:
             ps = prog["PAGE_SIZE"].value_()
             return ((usage + ps - 1) // ps * ps) + ((entries * es + ps - 1) // ps * ps)

@@ -23,7 +23,7 @@ from drgn import FaultError, Program
 
 from memtrace.sources.kernel.page import page_layout
 from memtrace.sources.kernel.percpu import PCPU_MIN_ALLOC_SHIFT, PercpuResolver
-from memtrace.sources.kernel.slab import SlabResolver, _strategy
+from memtrace.sources.kernel.slab import SlabResolver, _strategy, obj_full_size
 
 
 def charges_scan(prog: Program, objcgs: set[int], memcgs: set[int], chunk_pages: int = 8192) -> list[dict]:
@@ -100,7 +100,7 @@ def charges_scan(prog: Program, objcgs: set[int], memcgs: set[int], chunk_pages:
                         c = int((info.vec == np.uint64(o)).sum())
                         key = (int(o), "slab_object", info.cache.name)
                         agg[key][0] += c
-                        agg[key][1] += c * (info.cache.size + 8)
+                        agg[key][1] += c * obj_full_size(prog, info.cache.size)
                 slab._heads.pop(head, None)  # keep memory flat
     # per-CPU
     pr = PercpuResolver(prog)

@@ -22,12 +22,16 @@ from drgn.helpers.linux.cpumask import for_each_possible_cpu
 from drgn.helpers.linux.list import list_for_each_entry
 from drgn.helpers.linux.percpu import per_cpu
 
-CSS_NO_REF = 1
-CSS_ONLINE = 2
-CSS_RELEASED = 4
-CSS_VISIBLE = 8
-CSS_DYING = 16
-__PERCPU_REF_DEAD = 2
+
+
+def kernel_constant(prog: Program, name: str) -> int:
+    """An enumerator of the kernel (``CSS_ONLINE``, ``__PERCPU_REF_DEAD``, ...) read from its
+    own type info, once per program: the values are the kernel's, not copied here."""
+    cache = prog.cache.setdefault("memtrace_constants", {})
+    if name not in cache:
+        cache[name] = prog.constant(name).value_()
+    return cache[name]
+
 PAGE_COUNTER_MAX_PAGES = (1 << 63) - 1
 
 
@@ -56,7 +60,7 @@ def memcg_path(memcg: Object) -> str:
 
 
 def memcg_is_online(memcg: Object) -> bool:
-    return bool(memcg.css.flags.value_() & CSS_ONLINE)
+    return bool(memcg.css.flags.value_() & kernel_constant(memcg.prog_, "CSS_ONLINE"))
 
 
 def memcg_populated(memcg: Object) -> bool:
@@ -169,7 +173,7 @@ def objcg_memcg(objcg: Object) -> Object:
 
 def objcg_is_reparented(objcg: Object) -> bool:
     """Whether ``memcg_reparent_objcgs`` killed this objcg (its percpu_ref is DEAD)."""
-    return bool(objcg.refcnt.percpu_count_ptr.value_() & __PERCPU_REF_DEAD)
+    return bool(objcg.refcnt.percpu_count_ptr.value_() & kernel_constant(objcg.prog_, "__PERCPU_REF_DEAD"))
 
 
 def memcg_objcg(memcg: Object) -> Object | None:
@@ -198,7 +202,7 @@ def memcg_objcgs_for_each(memcg: Object) -> Iterator[Object]:
     own = memcg_objcg(memcg)
     if own is not None and own.value_():
         yield own
-    if not memcg.css.flags.value_() & CSS_ONLINE:
+    if not memcg.css.flags.value_() & kernel_constant(memcg.prog_, "CSS_ONLINE"):
         return
     try:
         head = memcg.objcg_list.address_of_()

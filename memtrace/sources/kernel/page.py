@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 from drgn import Program, offsetof
 
+from memtrace.errors import EnvironmentProblem
+
 
 @dataclass(frozen=True)
 class PageLayout:
@@ -62,14 +64,18 @@ def page_layout(prog: Program) -> PageLayout:
         off_ch = offsetof(page_t, "compound_head")
     except LookupError:
         off_ch = offsetof(page_t, "compound_info")
-    try:
-        flags_mask = prog["__NR_MEMCG_DATA_FLAGS"].value_() - 1
-    except KeyError:
-        flags_mask = 3
-    try:
-        kmem = prog["MEMCG_DATA_KMEM"].value_()
-    except KeyError:
-        kmem = 2
+    # page->memcg_data and its flag enum came together (5.11); a kernel with the field but
+    # not the enumerators is not one memtrace knows, and guessing the bits would misread
+    # every page, so say so instead
+    flags_mask = kmem = 0
+    if off_memcg_data is not None:
+        try:
+            flags_mask = prog["__NR_MEMCG_DATA_FLAGS"].value_() - 1
+            kmem = prog["MEMCG_DATA_KMEM"].value_()
+        except KeyError as e:
+            raise EnvironmentProblem(
+                f"the kernel's type info has page->memcg_data but not {e.args[0]}: memtrace cannot read its flags"
+            ) from None
     # Linux kernel commit 46df8e73a4a3 ("mm: free up PG_slab") (in v6.10) made slab a page
     # type; drgn's PageSlab reads the same VMCOREINFO number.
     vmcoreinfo = prog["VMCOREINFO"].string_()
@@ -83,6 +89,8 @@ def page_layout(prog: Program) -> PageLayout:
         page_shift=page_shift,
         sizeof_page=page_t.size,
         vmemmap_base=prog["vmemmap"].value_(),
+        # a variable with CONFIG_RANDOMIZE_MEMORY (every Debian build); without it, x86-64's
+        # compile-time __PAGE_OFFSET_BASE_L4 (arch/x86/include/asm/page_64_types.h)
         page_offset_base=prog["page_offset_base"].value_() if has_symbol(prog, "page_offset_base") else 0xFFFF888000000000,
         max_pfn=prog["max_pfn"].value_(),
         off_flags=offsetof(page_t, "flags"),

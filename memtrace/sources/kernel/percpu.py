@@ -23,6 +23,8 @@ from drgn import Object, Program, offsetof
 from drgn.helpers.linux.cpumask import num_possible_cpus
 from drgn.helpers.linux.list import list_for_each_entry
 
+#: mm/percpu-internal.h ``PCPU_MIN_ALLOC_SHIFT``: a #define, so neither DWARF nor BTF can
+#: say it; 2 (4-byte units), as kernel-notes §3.4 reads it from the 6.1 and 6.12 sources
 PCPU_MIN_ALLOC_SHIFT = 2
 
 
@@ -103,8 +105,7 @@ class PercpuResolver:
 
     def full_size(self, size: int) -> int:
         """``pcpu_obj_full_size(size)``: what a charged allocation of ``size`` bytes costs."""
-        size = (size + 3) & ~3
-        return size * self.ncpu + (size >> PCPU_MIN_ALLOC_SHIFT) * 8
+        return pcpu_obj_full_size(self.prog, (size + 3) & ~3, self.ncpu)
 
     def footprint(self, size: int) -> int:
         """Bytes an allocation of ``size`` occupies over all possible CPUs (uncharged)."""
@@ -116,3 +117,12 @@ def per_cpu_ptr_addr(prog: Program, ptr: int, cpu: int) -> int:
     from drgn.helpers.linux.percpu import per_cpu_ptr
 
     return per_cpu_ptr(Object(prog, "void *", ptr), cpu).value_()
+
+
+def pcpu_obj_full_size(prog: Program, size, ncpu: int):
+    """mm/percpu.c ``pcpu_obj_full_size()``: bytes a charged per-CPU allocation of ``size``
+    costs its memcg: its copy on every possible CPU plus one objcg pointer per
+    PCPU_MIN_ALLOC_SIZE bytes (the chunk's objcg vector); ``size`` may be a numpy array."""
+    from memtrace.sources.kernel.slab import objcg_pointer_size
+
+    return size * ncpu + (size >> PCPU_MIN_ALLOC_SHIFT) * objcg_pointer_size(prog)

@@ -212,6 +212,13 @@ class SlabResolver:
         return ResolvedObjects(kind, base, size, objcg, cache)
 
 
-def obj_full_size(size: int) -> int:
-    """Bytes a charged slab object costs its memcg (``obj_full_size``: + the objcg pointer)."""
-    return size + 8
+def objcg_pointer_size(prog: Program) -> int:
+    """``sizeof(struct obj_cgroup *)``: what a charged slab object adds for its slot in the
+    slab's objcg vector, and a charged per-CPU allocation per PCPU_MIN_ALLOC_SIZE bytes."""
+    return prog.type("struct obj_cgroup *").size
+
+
+def obj_full_size(prog: Program, size):
+    """Bytes a charged slab object of ``size`` costs its memcg (mm/memcontrol.c
+    ``obj_full_size``: the object plus its objcg pointer); ``size`` may be a numpy array."""
+    return size + objcg_pointer_size(prog)
