@@ -234,7 +234,15 @@ def fake_kernel(monkeypatch):
     monkeypatch.setattr(kbpf, "bpf_map_mem_usage", lambda m: m.max_entries.value_() * 16)
     monkeypatch.setattr(kbpf, "bpf_map_memlock", lambda m: m.max_entries.value_() * 16)
     monkeypatch.setattr(kbpf, "bpf_map_listed", lambda prog, mid, addr: (mid, addr) in listed)
-    return {"PAGE_SIZE": _Obj(4096)}
+    return _FakeProg({"PAGE_SIZE": _Obj(4096)})
+
+
+class _FakeProg(dict):
+    """The program the faked walk needs: PAGE_SIZE, and sizeof(struct obj_cgroup *)."""
+
+    def type(self, name: str):
+        assert name == "struct obj_cgroup *", name
+        return _Obj(size=8)
 
 
 def test_maps_freed_under_a_live_walk_are_left_out_and_counted(fake_kernel):
