@@ -137,7 +137,7 @@ def main():
     print(f"text capture: {n_txt} events, {os.path.getsize(txt) / 1e6:.0f} MB ({time.perf_counter() - t:.1f}s to build)", file=sys.stderr)
     if not os.path.exists(pft):
         from memtrace.sources.trace import load_trace
-        from memtrace.sources.trace.perfetto import events_to_trace
+        from memtrace.testing.perfetto import events_to_trace
 
         t = time.perf_counter()
         df, _ = load_trace(txt)

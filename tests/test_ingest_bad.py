@@ -18,8 +18,9 @@ import pytest
 from memtrace.errors import InputError
 from memtrace.sources.trace import ftrace_text as ft
 from memtrace.sources.trace import load_trace
-from memtrace.sources.trace.ftrace_reference import parse_ftrace_text_reference
-from memtrace.sources.trace.perfetto import events_to_trace, parse_perfetto, parse_perfetto_reference
+from memtrace.sources.trace.perfetto import parse_perfetto
+from memtrace.testing.ftrace_reference import parse_ftrace_text_reference
+from memtrace.testing.perfetto import events_to_trace, parse_perfetto_reference
 
 pb2 = pytest.importorskip("perfetto.protos.perfetto.trace.perfetto_trace_pb2")
 

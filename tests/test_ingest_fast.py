@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 
 from memtrace.sources.trace import ftrace_text as ft
-from memtrace.sources.trace.ftrace_reference import parse_ftrace_text_reference
 from memtrace.tables.events import validate_events
+from memtrace.testing.ftrace_reference import parse_ftrace_text_reference
 
 FIX = Path(__file__).resolve().parent.parent / "fixtures" / "traces"
 EXCERPTS = [FIX / "restart-6.1.excerpt.txt", FIX / "restart-6.12.excerpt.txt"]

@@ -18,8 +18,9 @@ import pytest
 
 from memtrace.errors import InputError
 from memtrace.sources.trace import load_trace
-from memtrace.sources.trace.perfetto import events_to_trace, parse_perfetto
+from memtrace.sources.trace.perfetto import parse_perfetto
 from memtrace.tables.events import validate_events
+from memtrace.testing.perfetto import events_to_trace
 
 REPO = Path(__file__).resolve().parent.parent
 DIFF = "test/trace_processor/diff_tests"

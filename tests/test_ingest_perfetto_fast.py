@@ -13,7 +13,8 @@ import pytest
 
 from memtrace.errors import InputError
 from memtrace.sources.trace import load_trace
-from memtrace.sources.trace.perfetto import events_to_trace, parse_perfetto, parse_perfetto_reference
+from memtrace.sources.trace.perfetto import parse_perfetto
+from memtrace.testing.perfetto import events_to_trace, parse_perfetto_reference
 
 REPO = Path(__file__).resolve().parent.parent
 EXCERPTS = sorted((REPO / "fixtures" / "traces").glob("*.excerpt.txt"))

@@ -16,7 +16,7 @@ import pytest
 
 from memtrace.errors import EXIT_ENVIRONMENT, EnvironmentProblem, InputError
 from memtrace.sources.trace import ftrace_text as ft
-from memtrace.sources.trace.ftrace_reference import parse_ftrace_text_reference
+from memtrace.testing.ftrace_reference import parse_ftrace_text_reference
 
 FIX = Path(__file__).resolve().parent.parent / "fixtures" / "traces"
 EXCERPTS = [FIX / "restart-6.1.excerpt.txt", FIX / "restart-6.12.excerpt.txt"]

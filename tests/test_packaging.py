@@ -116,3 +116,24 @@ def test_probes(venv):
 def test_ingest(venv):
     r = _run([venv["memtrace"], "ingest", FIXTURE], cwd=venv["cwd"], env=venv["env"])
     assert r.stdout.strip()
+
+
+def test_commands_do_not_import_the_test_helpers():
+    """memtrace.testing is left out of the wheel: no production module may need it. The one
+    reference to it is ftrace_text's `_run(..., fast=False)`, inside the function, for the tests."""
+    import ast
+
+    pkg = REPO / "memtrace"
+    found = {}
+    for p in sorted(pkg.rglob("*.py")):
+        rel = p.relative_to(pkg).as_posix()
+        if rel.startswith("testing/"):
+            continue
+        tree = ast.parse(p.read_text())
+        top = set(map(id, tree.body))
+        for node in ast.walk(tree):
+            mods = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            if any(m == "memtrace.testing" or m.startswith("memtrace.testing.") for m in mods):
+                found.setdefault(rel, []).append("module level" if id(node) in top else "in a function")
+    assert found == {"sources/trace/ftrace_text.py": ["in a function"]}

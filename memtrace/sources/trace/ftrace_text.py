@@ -9,14 +9,15 @@ Two parsers with one definition of the output:
   back to Python, to the reference's own header regex, so odd lines cost speed, never
   correctness. The extension is built by `pip install -e .`; without it text ingest stops with an
   environment error (exit 3) that says how to rebuild, rather than running many times slower.
-* the reference (`ftrace_reference.parse_ftrace_text_reference`, for the tests only): a regex
-  per header and per field list, numbers digit by digit in numpy. It defines the output; tests
-  compare the scanner with it on real and generated captures, chunk boundaries, damaged bytes and
-  random lines.
+* the reference (`memtrace.testing.ftrace_reference.parse_ftrace_text_reference`, for the tests
+  only; not in the wheel): a regex per header and per field list, numbers digit by digit in
+  numpy. It defines the output; tests compare the scanner with it on real and generated
+  captures, chunk boundaries, damaged bytes and random lines. The header regex itself
+  (`_read_header`) lives here: the scanner's fallback for odd lines is that, not the reference.
 
 This module is the production path and what both parsers share (event naming, key → column maps,
-`derive`, the header regex, the frame's assembly); it imports `ftrace_reference` only inside
-`_run(..., fast=False)`.
+`derive`, the header regex, the frame's assembly); it imports the reference only inside
+`_run(..., fast=False)`, which only the tests call.
 
 A line that is neither an event, a comment, nor a known non-event line (`CPU:N [LOST n EVENTS]`,
 trace-cmd's `cpus=N`) is counted as malformed and dropped, and so is an event line whose
@@ -595,7 +596,7 @@ def _run(chunks, *, path, fmt, kprobe_groups, stats, fast=True) -> tuple[pd.Data
     if fast:
         p = _ScanParser(st, kprobe_groups)
     else:  # the pure-Python reference, for the tests; not loaded by `memtrace ingest`
-        from memtrace.sources.trace.ftrace_reference import _TextParser
+        from memtrace.testing.ftrace_reference import _TextParser
 
         p = _TextParser(st, kprobe_groups)
     empty = True

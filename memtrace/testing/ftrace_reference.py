@@ -8,9 +8,12 @@ scanner (`_ftrace_scan.c`) implements the same rules in one pass, and the tests 
 real and generated captures, chunk boundaries, damaged bytes and random lines. It needs no C
 extension.
 
-`memtrace ingest` does not use it: it is many times slower than the scanner. What both parsers
-share (event naming, key → column maps, `derive`, the header regex, the frame's assembly) lives in
-`ftrace_text`, which imports this module only inside `_run(..., fast=False)`, for the tests.
+`memtrace ingest` does not use it: it is many times slower than the scanner. The lines the
+scanner hands back to Python are read by `ftrace_text._read_header` (the header regex both parsers
+share), not by this module. What both parsers share (event naming, key → column maps, `derive`,
+the header regex, the frame's assembly) lives in `ftrace_text`, which imports this module only
+inside `_run(..., fast=False)`, for the tests; it is a test helper (`memtrace.testing`), left out
+of the wheel.
 """
 
 from __future__ import annotations
