@@ -44,6 +44,24 @@ def _root(
     """BPF map memory versus memory cgroups, on real kernels."""
 
 
+#: The old spelling of ``--output`` (lab run and capture had ``--out``): still accepted so that
+#: scripts keep working, but not shown in help. Pair it with an optional ``--output`` and
+#: :func:`required_output`.
+OUT_ALIAS = typer.Option(None, "--out", hidden=True)
+
+
+def required_output(output, out_alias, metavar: str):
+    """The value of a required ``--output/-o`` that also takes its hidden old spelling ``--out``."""
+    from memtrace.errors import InputError
+
+    if output is not None and out_alias is not None:
+        raise InputError("give --output once (--out is its old spelling)")
+    value = output if output is not None else out_alias
+    if value is None:
+        raise InputError(f"missing option --output/-o {metavar}")
+    return value
+
+
 def _register() -> None:
     # Each command group lives in its own module and adds itself to `app`.
     from memtrace.cli import lab  # noqa: F401

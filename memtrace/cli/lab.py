@@ -12,8 +12,13 @@ from rich import box
 from rich.markup import escape
 from rich.table import Table
 
-from memtrace.cli.app import app, err, out
+from memtrace.cli.app import OUT_ALIAS, app, err, out, required_output
 from memtrace.lab.qemu import ACCELS, DEFAULT_ACCEL
+
+#: memtrace.lab.initramfs.RECORDERS, spelled out: importing initramfs loads the kernel pins, and a
+#: broken pins file must stay a one-line error of the command that reads it, not of every command
+#: (tests/test_cli_consistency.py checks the two agree)
+RECORDERS = ("tracefs", "trace-cmd")
 
 lab_app = typer.Typer(help="Boot real Debian kernels in QEMU and run scenarios with ground truth.", no_args_is_help=True)
 app.add_typer(lab_app, name="lab")
@@ -77,8 +82,13 @@ def kernels_cmd(
 
 
 @lab_app.command("scenarios")
-def scenarios_cmd(json_out: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
-    """List the built-in scenarios."""
+def scenarios_cmd(
+    json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """List the built-in scenarios.
+
+    Example: memtrace lab scenarios --json
+    """
     from memtrace.lab.run import builtin_scenarios
 
     sc = builtin_scenarios()
@@ -95,28 +105,35 @@ def scenarios_cmd(json_out: bool = typer.Option(False, "--json", help="Print JSO
 
 @lab_app.command("run")
 def run_cmd(
-    scenario: str = typer.Argument(..., help="A built-in scenario name, or the path of your own scenario script."),
+    scenario: str = typer.Argument(
+        ..., metavar="SCENARIO", help="A built-in scenario name (memtrace lab scenarios), or the path of your own scenario script."),
     kernel: str = typer.Option(
         "6.1", "--kernel", "-k", metavar="KERNEL",
         help="A series (6.1, 6.12: its pinned build), a build listed by 'memtrace lab kernels', or SERIES@latest.",
     ),
-    out_dir: Path = typer.Option(..., "--out", "-o", help="Folder for meta.json, truth.json, trace.txt, serial.log, vmcore."),
+    output: Optional[Path] = typer.Option(
+        None, "--output", "-o", metavar="DIR",
+        help="Folder for meta.json, truth.json, trace.txt, serial.log, vmcore (required).",
+    ),
+    out_alias: Optional[Path] = OUT_ALIAS,
     keep_running: bool = typer.Option(False, "--keep-running", help="Leave the guest up; print its QMP socket for drgn."),
     no_vmcore: bool = typer.Option(False, "--no-vmcore", help="Skip the vmcore dump."),
-    memory_mb: int = typer.Option(512, "--memory", help="Guest memory in MiB.", min=128),
-    cpus: int = typer.Option(2, "--cpus", help="Guest vCPUs.", min=1, max=16),
+    memory_mb: int = typer.Option(512, "--memory", metavar="MIB", help="Guest memory in MiB.", min=128),
+    cpus: int = typer.Option(2, "--cpus", metavar="N", help="Guest vCPUs.", min=1, max=16),
     accel: str = typer.Option(
-        DEFAULT_ACCEL, "--accel",
+        DEFAULT_ACCEL, "--accel", metavar="|".join(ACCELS),
         help=f"QEMU accelerator, one of {', '.join(ACCELS)}. tcg: all vCPUs on one host thread. mttcg: a host thread per vCPU, "
         "faster when vCPUs are busy together, but 6.12 guests oops ('Oops: int3') when a tracepoint or kprobe "
         "is patched in under it.",
     ),
-    kprobe_events: Optional[Path] = typer.Option(None, "--kprobe-events", help="kprobe_events lines to install in the guest for the run."),
-    timeout: float = typer.Option(900, "--timeout", help="Seconds the scenario may take before the guest is ended."),
-    force: bool = typer.Option(False, "--force", help="Replace a non-empty --out folder."),
-    json_out: bool = typer.Option(False, "--json", help="Print the run's meta.json instead of a summary."),
+    kprobe_events: Optional[Path] = typer.Option(
+        None, "--kprobe-events", metavar="FILE", help="kprobe_events lines to install in the guest for the run."),
+    timeout: float = typer.Option(900, "--timeout", metavar="SECONDS", help="Seconds the scenario may take before the guest is ended."),
+    force: bool = typer.Option(False, "--force", help="Replace a non-empty --output folder."),
+    json_out: bool = typer.Option(
+        False, "--json", help="Print the run's meta.json (schema memtrace.lab.meta/1) instead of a summary."),
     recorder: str = typer.Option(
-        "tracefs", "--recorder",
+        "tracefs", "--recorder", metavar="|".join(RECORDERS),
         help="tracefs: trace.txt (tracefs text). trace-cmd: also trace.dat, recorded in the same run by the host's "
         "trace-cmd (copied into the guest) in a tracefs instance of its own, same events and clock.",
     ),
@@ -126,10 +143,14 @@ def run_cmd(
         "guest memory at least 2048 MiB); writes live-snapshot.json and live.snapshot.",
     ),
 ) -> None:
-    """Run a scenario on a real kernel; write ground truth, a trace and a vmcore."""
+    """Run a scenario on a real kernel; write ground truth, a trace and a vmcore.
+
+    Example: memtrace lab run restart --kernel 6.12 -o out/restart
+    """
     from memtrace.errors import InputError
     from memtrace.lab.run import run
 
+    out_dir = required_output(output, out_alias, "DIR")
     probes = None
     if kprobe_events is not None:
         try:
@@ -219,11 +240,7 @@ def drift_cmd(
 ) -> None:
     """Run the scenarios on a pinned build and a newer one and show what the kernel changed.
 
-    Facts compared: per step and /pod* cgroup, the change of memory.current and of
-    memory.events max/oom, memory.max, populated; each created map's memlock; the
-    scenario's counts (mapctl's done/failed). Byte facts count as changed beyond
-    max(4 pages, 2%), counts beyond max(2, 5%); a count going from zero to non-zero is a
-    behaviour change. Exit 1 when anything changed, 0 when nothing did.
+    Facts compared: per step and /pod* cgroup, the change of memory.current and of memory.events max/oom, memory.max, populated; each created map's memlock; the scenario's counts (mapctl's done/failed). Byte facts count as changed beyond max(4 pages, 2%), counts beyond max(2, 5%); a count going from zero to non-zero is a behaviour change. Exit 1 when anything changed, 0 when nothing did.
 
     Example: memtrace lab drift --kernel 6.12 --against 6.12.118 -o /tmp/drift
     """
