@@ -35,7 +35,7 @@ def kernels_cmd(
         None, "--kernel", "-k", metavar="KERNEL",
         help="With --fetch: a series (its pinned build), a listed build or SERIES@latest; repeatable.",
     ),
-    json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    json_out: bool = typer.Option(False, "--json", help="Print a JSON envelope (schema memtrace.lab.kernels/1) instead of a table."),
 ) -> None:
     """List the lab's kernel builds, which are pinned, and what is cached; --fetch downloads them.
 
@@ -67,7 +67,8 @@ def kernels_cmd(
             }
         )
     if json_out:
-        out.print_json(json.dumps({"cache": str(kernels.cache_dir()), "pins": str(kernels.PINS_FILE), "kernels": rows}))
+        out.print_json(json.dumps({"schema": "memtrace.lab.kernels/1", "cache": str(kernels.cache_dir()),
+                                   "pins": str(kernels.PINS_FILE), "kernels": rows}))
         return
     t = Table(title=f"lab kernels (pins: {kernels.PINS_FILE.name}; cache: {kernels.cache_dir()})")
     for col in ("name", "series", "pinned", "package_version", "release", "vmlinux"):
@@ -83,7 +84,7 @@ def kernels_cmd(
 
 @lab_app.command("scenarios")
 def scenarios_cmd(
-    json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+    json_out: bool = typer.Option(False, "--json", help="Print a JSON envelope (schema memtrace.lab.scenarios/1) instead of a table."),
 ) -> None:
     """List the built-in scenarios.
 
@@ -93,7 +94,8 @@ def scenarios_cmd(
 
     sc = builtin_scenarios()
     if json_out:
-        out.print_json(json.dumps(sc))
+        rows = [{"name": k, "description": v} for k, v in sc.items()]
+        out.print_json(json.dumps({"schema": "memtrace.lab.scenarios/1", "scenarios": rows}))
         return
     t = Table(title="built-in scenarios")
     t.add_column("name")
