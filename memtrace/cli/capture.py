@@ -8,22 +8,29 @@ from typing import List, Optional
 
 import typer
 
-from memtrace.cli.app import app, err, out
+from memtrace.cli.app import OUT_ALIAS, app, err, out, required_output
 
 
 @app.command("capture")
 def capture_cmd(
-    output: Path = typer.Option(..., "--out", "-o", help="ftrace text file to write (atomically: temp + rename)."),
-    duration: Optional[float] = typer.Option(None, "--duration", "-d", help="Seconds to record (default: until Ctrl-C/SIGTERM).", min=0),
-    tracefs: Optional[Path] = typer.Option(None, "--tracefs", help="tracefs mount point (default: from /proc/mounts)."),
-    buffer_kb: int = typer.Option(16384, "--buffer-kb", help="Per-CPU ring buffer size in KiB.", min=64),
+    output: Optional[Path] = typer.Option(
+        None, "--output", "-o", metavar="FILE",
+        help="ftrace text file to write, atomically: temp + rename (required).",
+    ),
+    out_alias: Optional[Path] = OUT_ALIAS,
+    duration: Optional[float] = typer.Option(
+        None, "--duration", "-d", metavar="SECONDS", help="Seconds to record (default: until Ctrl-C/SIGTERM).", min=0),
+    tracefs: Optional[Path] = typer.Option(None, "--tracefs", metavar="DIR", help="tracefs mount point (default: from /proc/mounts)."),
+    buffer_kb: int = typer.Option(16384, "--buffer-kb", metavar="KIB", help="Per-CPU ring buffer size in KiB.", min=64),
     all_probes: bool = typer.Option(False, "--all", help="Include probes marked default=false."),
-    only: Optional[List[str]] = typer.Option(None, "--only", help="Only these probe names (repeatable)."),
-    defs: Optional[List[Path]] = typer.Option(None, "--defs", help="Probe definition TOML files (default: probes/*.toml)."),
+    only: Optional[List[str]] = typer.Option(None, "--only", metavar="PROBE", help="Only these probe names (repeatable)."),
+    defs: Optional[List[Path]] = typer.Option(
+        None, "--defs", metavar="FILE", help="Probe definition TOML files (repeatable; default: probes/*.toml)."),
     no_instance: bool = typer.Option(False, "--no-instance", help="Record in the top-level buffer instead of a tracefs instance."),
-    json_out: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
+    json_out: bool = typer.Option(
+        False, "--json", help="Print a JSON envelope of the capture (schema memtrace.capture/1) on stdout."),
     maxactive: Optional[int] = typer.Option(
-        None, "--maxactive", min=1, max=4096,
+        None, "--maxactive", metavar="N", min=1, max=4096,
         help="Instances per kretprobe: calls that may be in flight at once before returns are missed "
         "(default: the kernel's, max(10, 2 x CPUs)). Raise it when the capture reports missed hits of a *_ret probe.",
     ),
@@ -33,13 +40,13 @@ def capture_cmd(
         "events lost, probe hits missed); the warnings and counts are reported all the same.",
     ),
 ) -> None:
-    """Install memtrace's kprobes (for the running kernel), enable its tracepoints, record,
-    and remove everything it created on any exit. Needs root and a mounted tracefs.
+    """Install memtrace's kprobes (for the running kernel), enable its tracepoints, record, and remove everything it created on any exit. Needs root and a mounted tracefs.
 
-    The file is written whenever recording ran. Exit 5 when it is incomplete: a probe
-    skipped or refused, a tracepoint not enabled, events lost (ring buffer) or probe hits
-    missed (kprobe_profile: a kretprobe's maxactive exhausted); --allow-partial makes that 0.
-    Exit 3 when cleanup failed (something this capture created is still defined)."""
+    The file is written whenever recording ran. Exit 5 when it is incomplete: a probe skipped or refused, a tracepoint not enabled, events lost (ring buffer) or probe hits missed (kprobe_profile: a kretprobe's maxactive exhausted); --allow-partial makes that 0. Exit 3 when cleanup failed (something this capture created is still defined).
+
+    Example: memtrace capture -o out/capture.txt --duration 30
+    """
+    output = required_output(output, out_alias, "FILE")
     from memtrace.sources.kernel.target import find_tracefs, live_target
     from memtrace.sources.trace import capture, probedefs
 
