@@ -30,11 +30,18 @@ def summary(df, st) -> dict:
 
 @app.command("ingest")
 def ingest_cmd(
-    trace: Path = typer.Argument(..., help="Capture: ftrace text (trace / trace_pipe), trace-cmd report text, trace.dat, or a perfetto trace."),
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write the event table to this parquet file (atomically)."),
-    json_out: bool = typer.Option(False, "--json", help="Print a JSON summary instead of a table."),
+    trace: Path = typer.Argument(
+        ..., metavar="TRACE",
+        help="Capture: ftrace text (trace / trace_pipe), trace-cmd report text, trace.dat, or a perfetto trace."),
+    output: Optional[Path] = typer.Option(
+        None, "--output", "-o", metavar="FILE.parquet", help="Write the event table to this Parquet file (atomically)."),
+    json_out: bool = typer.Option(
+        False, "--json", help="Print a JSON envelope (schema memtrace.events/1: ingest counts, events per kind) instead of a table."),
 ) -> None:
-    """Load a trace capture into memtrace's event table and summarise it."""
+    """Load a trace capture into memtrace's event table and summarise it.
+
+    Example: memtrace ingest out/restart/trace.txt -o restart.parquet
+    """
     from memtrace.sources.trace import load_trace
 
     df, st = load_trace(str(trace))

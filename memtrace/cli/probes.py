@@ -41,19 +41,26 @@ def resolve_target(vmlinux: Optional[Path], btf: Optional[Path], live: bool, tra
 
 @app.command("probes")
 def probes_cmd(
-    vmlinux: Optional[Path] = typer.Option(None, "--vmlinux", help="Generate for this vmlinux (symbols + DWARF or .BTF)."),
-    btf: Optional[Path] = typer.Option(None, "--btf", help="Generate from a BTF file only (traceability unknown)."),
+    vmlinux: Optional[Path] = typer.Option(None, "--vmlinux", metavar="FILE", help="Generate for this vmlinux (symbols + DWARF or .BTF)."),
+    btf: Optional[Path] = typer.Option(None, "--btf", metavar="FILE", help="Generate from a BTF file only (traceability unknown)."),
     live: bool = typer.Option(False, "--live", help="Generate for the running kernel (default when no file is given)."),
-    tracefs: Optional[Path] = typer.Option(None, "--tracefs", help="tracefs mount point for --live (default: from /proc/mounts)."),
-    fmt: Format = typer.Option(Format.kprobe_events, "--format", "-f", help="Output form."),
-    json_out: bool = typer.Option(False, "--json", help="Print the resolved probes as JSON (with skip reasons)."),
+    tracefs: Optional[Path] = typer.Option(
+        None, "--tracefs", metavar="DIR", help="tracefs mount point for --live (default: from /proc/mounts)."),
+    fmt: Format = typer.Option(
+        Format.kprobe_events, "--format", "-f", metavar="|".join(f.value for f in Format), help="Output form."),
+    json_out: bool = typer.Option(
+        False, "--json", help="Print a JSON envelope of the resolved probes (schema memtrace.probes/1, with skip reasons) instead of --format."),
     all_probes: bool = typer.Option(False, "--all", help="Include probes marked default=false (hot paths, diagnostics)."),
-    only: Optional[List[str]] = typer.Option(None, "--only", help="Only these probe names (repeatable)."),
-    defs: Optional[List[Path]] = typer.Option(None, "--defs", help="Probe definition TOML files (default: probes/*.toml)."),
-    types: Types = typer.Option(Types.dwarf, "--types", help="For --vmlinux: offsets from 'dwarf' (drgn) or 'btf'."),
+    only: Optional[List[str]] = typer.Option(None, "--only", metavar="PROBE", help="Only these probe names (repeatable)."),
+    defs: Optional[List[Path]] = typer.Option(
+        None, "--defs", metavar="FILE", help="Probe definition TOML files (repeatable; default: probes/*.toml)."),
+    types: Types = typer.Option(
+        Types.dwarf, "--types", metavar="|".join(t.value for t in Types), help="For --vmlinux: offsets from 'dwarf' (drgn) or 'btf'."),
 ) -> None:
-    """Print memtrace's kprobes and tracepoints for a kernel: kprobe_events lines, a trace-cmd
-    script, or a perfetto TraceConfig. Offsets come from the kernel's own DWARF/BTF."""
+    """Print memtrace's kprobes and tracepoints for a kernel: kprobe_events lines, a trace-cmd script, or a perfetto TraceConfig. Offsets come from the kernel's own DWARF/BTF.
+
+    Example: memtrace probes --vmlinux VMLINUX --format kprobe_events > kp.txt
+    """
     from memtrace.sources.trace import probedefs
 
     target = resolve_target(vmlinux, btf, live, tracefs, types)

@@ -27,15 +27,16 @@ def snapshot_cmd(
     qmp: Optional[Path] = QMP,
     from_file: Optional[Path] = FROM_FILE,
     vmlinux: Optional[Path] = VMLINUX,
-    json_out: bool = typer.Option(False, "--json", help="Print a JSON envelope (maps, memcgs, allocation summary) on stdout."),
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write the snapshot file (zip: header.json + Parquet tables)."),
+    json_out: bool = typer.Option(
+        False, "--json", help="Print a JSON envelope (schema memtrace.snapshot.json/1: maps, memcgs, allocation summary) on stdout."),
+    output: Optional[Path] = typer.Option(
+        None, "--output", "-o", metavar="FILE", help="Write the snapshot file (zip: header.json + Parquet tables)."),
 ) -> None:
-    """Every BPF map, its owner memcg and that memcg's state, and its memory attributed
-    page by page and object by object to the memcgs actually charged.
+    """Every BPF map, its owner memcg and that memcg's state, and its memory attributed page by page and object by object to the memcgs actually charged.
 
-    Exit status: 0 ok (also when there are no BPF maps: a note goes to stderr), 2 bad
-    input (missing or mismatched vmlinux, truncated vmcore), 3 environment (not root for
-    --live, QMP socket refused), 5 the walk was incomplete (faults on a live kernel).
+    Exit status: 0 ok (also when there are no BPF maps: a note goes to stderr), 2 bad input (missing or mismatched vmlinux, truncated vmcore), 3 environment (not root for --live, QMP socket refused), 5 the walk was incomplete (faults on a live kernel).
+
+    Example: memtrace snapshot --vmcore out/restart/vmcore --vmlinux VMLINUX -o restart.snapshot
     """
     from memtrace.errors import InputError
     from memtrace.render.snapshot import json_envelope, maps_table, memcgs_table
