@@ -146,3 +146,22 @@ def charges_beyond(scan: list[dict], allocations) -> dict[tuple[str, str], int]:
         if extra:
             others[(q["kind"], q["cache"])] = extra
     return others
+
+
+#: The most pages one page_counter call moves in the lab's scenarios: a try_charge batch is
+#: max(MEMCG_CHARGE_BATCH = 64, nr) with nr at most 8 here (kmalloc-large allocations are at
+#: most 32 KiB; bigger map areas are vmalloc, charged a page at a time), and a stock drain
+#: uncharges at most the batch plus the refill that overflowed it. A missed hit can leave a
+#: residual of at most this many pages.
+MAX_PAGES_PER_COUNTER_CALL = 2 * 64
+
+
+def assert_residuals_from_misses(bad, missed: dict[str, int], page_size: int = 4096) -> None:
+    """Residuals of a page-counter reconciliation that kprobe_profile's misses explain: whole
+    pages, in no more steps than there were misses, and none larger than the misses can
+    carry (``MAX_PAGES_PER_COUNTER_CALL`` pages each). ``bad``: the rows with a residual."""
+    n = sum(missed.values())
+    assert (bad["residual_bytes"] % page_size == 0).all(), bad.to_string()
+    # one lost movement of N pages shows on the cgroup and each /pod* ancestor, in one step
+    assert bad["step"].nunique() <= n, bad.to_string()
+    assert (bad["residual_bytes"].abs() <= n * MAX_PAGES_PER_COUNTER_CALL * page_size).all(), bad.to_string()

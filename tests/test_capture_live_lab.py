@@ -93,9 +93,15 @@ def test_capture_in_guest_reconciles_with_memory_current(kernel, runs_root):
     names = set(ev["event"].astype(str))
     assert {"memtrace:pc_try_charge", "memtrace:pc_try_charge_ret", "memtrace:uncharge"} <= names, names
     missed = {p: n for p, n in summary["probe_misses"].items() if p in PAGE_COUNTER_PROBES and n}
-    if missed:
-        pytest.skip(f"page-counter probe hits missed in this run ({missed}): the sum would be short")
     delta, net_pages, mv = p1_filled_reconciliation(ev, run_dir)
     assert mv.attrs["entry_return_mismatches"] == 0 and mv.attrs["unpaired_entries"] == 0
     assert delta > 100_000  # the hash elements and the array were charged to p1
-    assert net_pages * 4096 == delta
+    if not missed:
+        assert net_pages * 4096 == delta
+    else:
+        # a missed page-counter hit leaves the sum short by what it carried: whole pages,
+        # at most MAX_PAGES_PER_COUNTER_CALL per miss (conftest)
+        from conftest import MAX_PAGES_PER_COUNTER_CALL
+
+        warnings.warn(f"{kernel}: page-counter probe hits missed ({missed}); residual {delta - net_pages * 4096} B")
+        assert abs(delta - net_pages * 4096) <= sum(missed.values()) * MAX_PAGES_PER_COUNTER_CALL * 4096

@@ -27,7 +27,7 @@ from memtrace.sources.trace import load_trace
 from memtrace.tables.events import PAGE_SIZE
 from memtrace.tables.lab_truth import load_truth
 
-from conftest import FAILED_CHARGE_RAISES_MAX, GHOST_KERNELS, KERNELS
+from conftest import FAILED_CHARGE_RAISES_MAX, GHOST_KERNELS, KERNELS, assert_residuals_from_misses
 
 SCENARIOS = ("restart", "force", "ghost")
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "captures"
@@ -245,9 +245,7 @@ def test_page_counter_movement_equals_memory_current_delta(captures, scenario, k
         assert bad.empty, bad.to_string()
     else:
         warnings.warn(f"{scenario} {kernel}: page-counter probe hits missed ({pc}); residuals:\n{bad.to_string()}")
-        assert (bad["residual_bytes"] % 4096 == 0).all(), bad.to_string()
-        # one lost movement of N pages shows on the cgroup and each /pod* ancestor, in one step
-        assert bad["step"].nunique() <= sum(pc.values()), bad.to_string()
+        assert_residuals_from_misses(bad, pc)
     # not vacuous: the scenario moved the counters
     assert (checked["net_bytes"] != 0).sum() >= 3
     assert checked["charged_pages"].sum() > 0 and checked["uncharged_pages"].sum() > 0
