@@ -110,7 +110,7 @@ def test_help_has_an_example(name):
 
 #: commands whose docstrings still break lines inside paragraphs (memtrace/cli/report.py is
 #: being edited elsewhere); drop them from here when they are reflowed
-HARD_BREAKS_PENDING = {"report leftover", "report force", "report recharge"}
+HARD_BREAKS_PENDING: set[str] = set()
 
 
 @pytest.mark.parametrize("name", sorted(set(COMMANDS) - HARD_BREAKS_PENDING))

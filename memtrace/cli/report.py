@@ -31,14 +31,9 @@ def leftover_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print a JSON envelope (schema memtrace.report.leftover/1; holds no kernel addresses)."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", metavar="FILE.parquet", help="Write the per-map table as Parquet."),
 ) -> None:
-    """Maps whose charge outlived their generation (owner ghost, dying or reparented), who
-    pays for it now, and what each memcg carries.
+    """Maps whose charge outlived their generation (owner ghost, dying or reparented), who pays for it now, and what each memcg carries.
 
-    Per map: the owner memcg's state, the memcg charged now, the original cgroup where the
-    kernel still records it, bytes charged per memcg and uncharged, and the seed RFC's
-    recharge rule (memcg_need_recharge: never from root, only offline or reparented owners).
-    Per memcg: memory.current, its own part (less its children's), the BPF bytes charged to it
-    split by the owner state of the map, the leftover share, and the leftover in its subtree.
+    Per map: the owner memcg's state, the memcg charged now, the original cgroup where the kernel still records it, bytes charged per memcg and uncharged, and the seed RFC's recharge rule (memcg_need_recharge: never from root, only offline or reparented owners). Per memcg: memory.current, its own part (less its children's), the BPF bytes charged to it split by the owner state of the map, the leftover share, and the leftover in its subtree.
 
     Example: memtrace report leftover --vmcore out/restart/vmcore --vmlinux VMLINUX --fail-over 1M
     """
@@ -130,11 +125,7 @@ def force_cmd(
 ) -> None:
     """Charges admitted above memory.max (forced) and charges refused at it (ENOMEM).
 
-    Forced: page_counter_charge from try_charge_memcg's force path, per memcg, task and step,
-    with the pages above memory.max at each step and at the peak inside it. Refused:
-    try_charge_memcg calls that returned -ENOMEM, per memcg, gfp and size; they reach user
-    space as ENOMEM. With --truth, whether this kernel raised memory.events max for them is
-    read from the run's own counters and stated.
+    Forced: page_counter_charge from try_charge_memcg's force path, per memcg, task and step, with the pages above memory.max at each step and at the peak inside it. Refused: try_charge_memcg calls that returned -ENOMEM, per memcg, gfp and size; they reach user space as ENOMEM. With --truth, whether this kernel raised memory.events max for them is read from the run's own counters and stated.
 
     Example: memtrace report force out/force/trace.txt --truth out/force/truth.json
     """
@@ -214,18 +205,13 @@ def recharge_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print a JSON envelope (schema memtrace.report.recharge/1)."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", metavar="FILE.parquet", help="Write the per-step (effects) or per-map (what-if) table as Parquet."),
 ) -> None:
-    """What a recharge did (effects: --truth, --old, --new, optional CAPTURE) or would do
-    (what-if: --to CGROUP and a snapshot source).
+    """What a recharge did (effects: --truth, --old, --new, optional CAPTURE) or would do (what-if: --to CGROUP and a snapshot source).
 
-    Effects: bytes moved to the new generation, released by the old payer, left behind, and
-    the peak double charge at the steps and (with the capture) inside them, with how long it
-    lasted. What-if: per map the bytes by kind, what the RFC's patches could move and what no
-    mechanism moves, the copy's transient peak, the pre-charge check up to the common
-    ancestor ("fits" or "fails at /pod by N B"), and the reviewers' objections as flags.
-    Exit 1 when the what-if does not fit.
+    Effects: bytes moved to the new generation, released by the old payer, left behind, and the peak double charge at the steps and (with the capture) inside them, with how long it lasted. What-if: per map the bytes by kind, what the RFC's patches could move and what no mechanism moves, the copy's transient peak, the pre-charge check up to the common ancestor ("fits" or "fails at /pod by N B"), and the reviewers' objections as flags. Exit 1 when the what-if does not fit.
 
-    Examples: memtrace report recharge out/trace.txt --truth out/truth.json --old /pod --new /pod/gen2
-              memtrace report recharge --to /pod/gen2 --vmcore out/vmcore
+    Example: memtrace report recharge out/trace.txt --truth out/truth.json --old /pod --new /pod/gen2
+
+    Example: memtrace report recharge --to /pod/gen2 --vmcore out/vmcore
     """
     from memtrace.analyses import recharge as ra
     from memtrace.errors import InputError

@@ -117,7 +117,7 @@ def run(
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         if not force:
-            raise InputError(f"{out}: exists and is not empty; choose another --out or pass --force")
+            raise InputError(f"{out}: exists and is not empty; choose another --output or pass --force")
     qemu_binary()  # fail before the download if QEMU is missing
     if recorder == "trace-cmd":
         initramfs._which("trace-cmd")  # likewise for trace-cmd
