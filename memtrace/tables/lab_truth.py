@@ -37,30 +37,44 @@ TRUTH_COLUMN_NAMES = tuple(c.name for c in TRUTH_COLUMNS)
 
 def truth_frame(truth: dict) -> pd.DataFrame:
     """The truth table of a parsed ``truth.json`` document."""
+    if not isinstance(truth, dict):
+        raise InputError(f"not a lab truth document (a JSON {type(truth).__name__}, not an object)")
     if truth.get("schema") != TRUTH_SCHEMA:
         raise InputError(f"not a lab truth document (schema {truth.get('schema')!r}, want {TRUTH_SCHEMA!r})")
     rows = []
-    for s in truth.get("steps", []):
-        for path, cg in s.get("cgroups", {}).items():
-            rows.append(
-                {
-                    "step": int(s["index"]),
-                    "step_name": s["name"],
-                    "uptime_ns": int(round(float(s["uptime_s"]) * 1e9)),
-                    "cgroup_id": int(cg["id"]),
-                    "path": path,
-                    "memory_current_bytes": cg.get("memory.current"),
-                    "memory_max_bytes": cg.get("memory.max"),
-                    "events_max": (cg.get("memory.events") or {}).get("max"),
-                    "events_local_max": (cg.get("memory.events.local") or {}).get("max"),
-                    "populated": cg.get("populated"),
-                }
-            )
+    steps = truth.get("steps", [])
+    if not isinstance(steps, list):
+        raise InputError(f"not a lab truth document: steps is a JSON {type(steps).__name__}, not a list")
+    for n, s in enumerate(steps, 1):
+        # a value of the wrong JSON type or out of range is the document's fault, named by step
+        try:
+            for path, cg in s.get("cgroups", {}).items():
+                rows.append(
+                    {
+                        "step": int(s["index"]),
+                        "step_name": s["name"],
+                        "uptime_ns": int(round(float(s["uptime_s"]) * 1e9)),
+                        "cgroup_id": int(cg["id"]),
+                        "path": path,
+                        "memory_current_bytes": cg.get("memory.current"),
+                        "memory_max_bytes": cg.get("memory.max"),
+                        "events_max": (cg.get("memory.events") or {}).get("max"),
+                        "events_local_max": (cg.get("memory.events.local") or {}).get("max"),
+                        "populated": cg.get("populated"),
+                    }
+                )
+        except KeyError as e:
+            raise InputError(f"not a lab truth document: step #{n} lacks {e}") from None
+        except (TypeError, ValueError, AttributeError, OverflowError) as e:
+            raise InputError(f"not a lab truth document: step #{n}: {_one_line(e)}") from None
     data = {}
     for c in TRUTH_COLUMNS:
         vals = [r[c.name] for r in rows]
         dtype = STRING if c.dtype == "string" else c.pandas_dtype
-        data[c.name] = pd.Series(pd.array(vals, dtype=dtype) if c.nullable or c.dtype == "UInt64" else vals, dtype=dtype)
+        try:
+            data[c.name] = pd.Series(pd.array(vals, dtype=dtype) if c.nullable or c.dtype == "UInt64" else vals, dtype=dtype)
+        except (TypeError, ValueError, OverflowError) as e:  # a value that does not fit the column
+            raise InputError(f"not a lab truth document: {c.name}: {_one_line(e)}") from None
     return pd.DataFrame(data).sort_values(["step", "path"], kind="stable").reset_index(drop=True)
 
 
@@ -70,12 +84,22 @@ def load_truth(path: str | Path) -> pd.DataFrame:
     if p.is_dir():
         p = p / "truth.json"
     try:
-        doc = json.loads(p.read_text())
+        doc = json.loads(p.read_bytes())
     except OSError as e:
         raise InputError(f"{p}: {e.strerror or e}") from None
-    except json.JSONDecodeError as e:
-        raise InputError(f"{p}: not JSON: {e}") from None
-    return truth_frame(doc)
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, a number too long to convert
+        raise InputError(f"{p}: not JSON: {_one_line(e)}") from None
+    except RecursionError:
+        raise InputError(f"{p}: not JSON: nested too deeply") from None
+    try:
+        return truth_frame(doc)
+    except InputError as e:
+        raise InputError(f"{p}: {e.message}") from None
+
+
+def _one_line(e: BaseException, limit: int = 200) -> str:
+    msg = " ".join(str(e).split()) or type(e).__name__
+    return msg if len(msg) <= limit else msg[:limit] + "..."
 
 
 __all__ = ["TRUTH_COLUMNS", "TRUTH_COLUMN_NAMES", "truth_frame", "load_truth"]

@@ -1,0 +1,52 @@
+"""Fuzzed file inputs end in a result, a counted warning or a one-line error naming the file,
+never another exception (issue 9). The generator is bench/fuzz.py's, with a fixed seed and a
+few hundred inputs per kind (bench/fuzz.py runs 100k per kind on demand); plus the bugs it
+found, as regression tests. Not lab: no guest, no QEMU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from memtrace.errors import InputError
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+
+# -- bugs the fuzzer found ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "raw,words",
+    [
+        (b'{"schema": "memtrace.lab.truth/1", "steps": [{"\x80": 1}]}', ["not JSON"]),
+        (b"[1, 2]", ["not a lab truth document", "a JSON list"]),
+        (b'{"schema": "x"}', ["not a lab truth document", "schema 'x'"]),
+        (b"[" * 5000, ["not JSON", "nested too deeply"]),
+        (b'{"schema": "memtrace.lab.truth/1", "steps": 3}', ["steps is a JSON int"]),
+        (b'{"schema": "memtrace.lab.truth/1", "steps": [{"cgroups": {"/": {"id": 1}}}]}', ["step #1 lacks 'index'"]),
+        (b'{"schema": "memtrace.lab.truth/1", "steps": [{"index": 1, "name": "a", "uptime_s": "x", "cgroups": {"/": {"id": 1}}}]}',
+         ["step #1", "could not convert string to float"]),
+        (b'{"schema": "memtrace.lab.truth/1", "steps": [{"index": 1, "name": "a", "uptime_s": 1e999, "cgroups": {"/": {"id": 1}}}]}',
+         ["step #1", "infinity"]),
+        (b'{"schema": "memtrace.lab.truth/1", "steps": [{"index": 1, "name": "a", "uptime_s": 1, "cgroups": {"/": {"id": 1, "memory.max": 1e300}}}]}',
+         ["memory_max_bytes"]),
+    ],
+    ids=["not-utf8", "a-list", "schema", "deep", "steps-int", "no-index", "uptime-str", "uptime-inf", "max-float"],
+)
+def test_lab_truth_damaged(tmp_path, raw, words):
+    """tables.lab_truth.load_truth (`report force/recharge --truth`): a damaged truth.json was a
+    UnicodeDecodeError, AttributeError, KeyError, TypeError, ValueError or OverflowError, and a
+    wrong schema an error without the file's name."""
+    from memtrace.tables.lab_truth import load_truth
+
+    p = tmp_path / "truth.json"
+    p.write_bytes(raw)
+    with pytest.raises(InputError) as ei:
+        load_truth(p)
+    msg = ei.value.message
+    assert "\n" not in msg and msg.startswith(f"{p}: "), msg
+    for w in words:
+        assert w in msg, (w, msg)
