@@ -50,3 +50,18 @@ def test_lab_truth_damaged(tmp_path, raw, words):
     assert "\n" not in msg and msg.startswith(f"{p}: "), msg
     for w in words:
         assert w in msg, (w, msg)
+
+
+def test_meta_json_nested_too_deeply_is_a_warning(tmp_path):
+    """A meta.json beside a trace nested too deeply for json (RecursionError) was a traceback;
+    it is a warning naming it, as any other unreadable meta.json is, and the trace loads."""
+    import shutil
+
+    from memtrace.sources.trace import load_trace
+
+    trace = tmp_path / "trace.txt"
+    shutil.copy(REPO / "fixtures" / "traces" / "restart-6.1.excerpt.txt", trace)
+    (tmp_path / "meta.json").write_bytes(b'{"trace": ' + b"[" * 100000)
+    df, st = load_trace(str(trace))
+    assert len(df) > 0
+    assert [w for w in st.warnings if w.startswith(f"{tmp_path / 'meta.json'}: not a lab meta.json") and "RecursionError" in w]

@@ -31,7 +31,7 @@ def _sidecar_kprobe_groups(path: str) -> tuple[dict[str, str], str | None]:
         with open(meta) as f:
             m = json.load(f)
         return kprobe_groups_from_defs((m.get("trace") or {}).get("kprobe_events_installed") or []), None
-    except (OSError, ValueError, AttributeError, TypeError) as e:
+    except (OSError, ValueError, AttributeError, TypeError, RecursionError) as e:  # RecursionError: nested too deeply
         return {}, f"{meta}: not a lab meta.json, its kprobe groups are not used ({type(e).__name__}: {e})"
 
 
