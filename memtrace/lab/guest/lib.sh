@@ -145,15 +145,25 @@ mt_settle_until() {
 	_max=$1
 	shift
 	MT_SETTLES=0
-	until "$@" || [ "$MT_SETTLES" -ge "$_max" ]; do
+	while ! "$@"; do
+		# giving up is said, never silent: a note in truth.json and a console warning
+		if [ "$MT_SETTLES" -ge "$_max" ]; then
+			note "mt_settle_until gave up after $_max settles: $*"
+			echo "MEMTRACE-WARNING mt_settle_until gave up after $_max settles: $*" > /dev/console
+			return 0
+		fi
 		mt_settle
 		MT_SETTLES=$((MT_SETTLES + 1))
 	done
-	# giving up is said, never silent: a note in truth.json and a console warning
-	if ! "$@"; then
-		note "mt_settle_until gave up after $_max settles: $*"
-		echo "MEMTRACE-WARNING mt_settle_until gave up after $_max settles: $*" > /dev/console
-	fi
+}
+
+# mt_holds_still CG SECONDS: does CG's memory.current stay the same over SECONDS, with a
+# settle before the second reading? (Longer than kfree_rcu's 5 s batch: no free is pending.)
+mt_holds_still() {
+	_still=$(cg_read "$1" memory.current)
+	sleep "$2"
+	mt_settle
+	[ "$(cg_read "$1" memory.current)" = "$_still" ]
 }
 
 # mt_current_at_most CG BYTES: is CG's memory.current at most BYTES?
