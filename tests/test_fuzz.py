@@ -65,3 +65,23 @@ def test_meta_json_nested_too_deeply_is_a_warning(tmp_path):
     df, st = load_trace(str(trace))
     assert len(df) > 0
     assert [w for w in st.warnings if w.startswith(f"{tmp_path / 'meta.json'}: not a lab meta.json") and "RecursionError" in w]
+
+
+def test_vmcore_with_unparsable_vmcoreinfo(tmp_path):
+    """An ELF core whose VMCOREINFO note drgn cannot parse (a BUILD-ID that is not hex) was
+    drgn's BadDataError, a traceback; it is a one-line InputError naming the file."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "bench"))
+    import fuzz
+    from memtrace.sources.snapshot import open_target
+
+    core = fuzz.elf_core()
+    i = core.index(b"BUILD-ID=") + len(b"BUILD-ID=")
+    p = tmp_path / "vmcore"
+    p.write_bytes(core[:i] + b"zz" + core[i + 2:])
+    with pytest.raises(InputError) as ei:
+        open_target(vmcore=p)
+    msg = ei.value.message
+    assert "\n" not in msg and msg.startswith(f"{p}: drgn cannot open it as a vmcore"), msg
+    assert "BUILD-ID" in msg

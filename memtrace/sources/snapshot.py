@@ -81,7 +81,8 @@ def open_target(
         _check_elf_core(vmcore)
         try:
             prog.set_core_dump(str(vmcore))
-        except (OSError, ValueError) as e:
+        # BadDataError: a note drgn cannot parse (a VMCOREINFO BUILD-ID that is not hex, ...)
+        except (OSError, ValueError, getattr(drgn, "BadDataError", ValueError)) as e:
             raise InputError(f"{vmcore}: drgn cannot open it as a vmcore: {e}") from None
         target = {"kind": "vmcore", "path": str(vmcore)}
     elif qmp is not None:
