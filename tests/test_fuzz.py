@@ -5,6 +5,7 @@ found, as regression tests. Not lab: no guest, no QEMU."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -85,3 +86,42 @@ def test_vmcore_with_unparsable_vmcoreinfo(tmp_path):
     msg = ei.value.message
     assert "\n" not in msg and msg.startswith(f"{p}: drgn cannot open it as a vmcore"), msg
     assert "BUILD-ID" in msg
+
+
+@pytest.mark.parametrize(
+    "arg,words",
+    [
+        ("counter = $retval : u+", ["probe pc: cannot parse fetch-arg expression"]),
+        ("no equals sign", ["probe pc: cannot parse arg 'no equals sign'"]),
+    ],
+)
+def test_probe_definition_arg_errors_name_the_file(tmp_path, arg, words):
+    """An arg of a probe definition the expression parser rejects was an error without the
+    definition file's name (raised while generating, after the file was read)."""
+    from memtrace.sources.kernel.target import btf_target
+    from memtrace.sources.trace import probedefs
+
+    sys.path.insert(0, str(REPO / "bench"))
+    import fuzz
+
+    btf = tmp_path / "k.btf"
+    btf.write_bytes(fuzz.small_btf())
+    p = tmp_path / "defs.toml"
+    p.write_text(f'[[probe]]\nname = "pc"\n[[probe.attach]]\nkind = "kprobe"\nfunction = "page_counter_charge"\n'
+                 f'args = ["{arg}"]\n')
+    with pytest.raises(InputError) as ei:
+        probedefs.generate(btf_target(btf), probedefs.load_definitions([p]))
+    msg = ei.value.message
+    assert "\n" not in msg and msg.startswith(f"{p}: "), msg
+    for w in words:
+        assert w in msg, (w, msg)
+
+
+def test_duplicate_probe_names_name_the_file(tmp_path):
+    from memtrace.sources.trace import probedefs
+
+    p = tmp_path / "defs.toml"
+    p.write_text('[[probe]]\nname = "a"\n[[probe.attach]]\nkind = "kprobe"\nfunction = "f"\n' * 2)
+    with pytest.raises(InputError) as ei:
+        probedefs.load_definitions([p])
+    assert ei.value.message == f"{p}: duplicate probe names: memtrace/a"

@@ -82,6 +82,8 @@ class ProbeDef:
     stability: str = ""
     overhead: str = ""
     default: bool = True
+    #: the definition file it came from (errors in its args name it)
+    source: str = ""
 
 
 @dataclass
@@ -187,6 +189,7 @@ def load_definitions(paths: list[Path] | None = None) -> Definitions:
                     _want(where, "stability", raw.get("stability", ""), str, "a string"),
                     _want(where, "overhead", raw.get("overhead", ""), str, "a string"),
                     _want(where, "default", raw.get("default", True), bool, "true or false"),
+                    str(p),
                 )
             )
         for i, t in enumerate(_tables(str(p), "tracepoints", doc.get("tracepoints", []))):
@@ -203,7 +206,8 @@ def load_definitions(paths: list[Path] | None = None) -> Definitions:
     names = [f"{p.group}/{p.name}" for p in probes]
     dup = {n for n in names if names.count(n) > 1}
     if dup:
-        raise InputError(f"duplicate probe names: {', '.join(sorted(dup))}")
+        files = ", ".join(dict.fromkeys(p.source for p in probes if f"{p.group}/{p.name}" in dup))
+        raise InputError(f"{files}: duplicate probe names: {', '.join(sorted(dup))}")
     return Definitions(probes, tps, [str(p) for p in paths])
 
 
@@ -466,7 +470,13 @@ def generate(target: KernelTarget, defs: Definitions | None = None, *, include_a
                 continue
         elif not d.default and not include_all:
             continue
-        out.append(_generate_one(target, d))
+        try:
+            out.append(_generate_one(target, d))
+        except InputError as e:  # an arg the parser rejects: name the file it is written in
+            if not d.source or e.message.startswith(d.source):
+                raise
+            msg = e.message if e.message.startswith(f"probe {d.name}:") else f"probe {d.name}: {e.message}"
+            raise InputError(f"{d.source}: {msg}") from None
     tps, missing, optional = [], [], set()
     for g in defs.tracepoints:
         for ev in g.events:
