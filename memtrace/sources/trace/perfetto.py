@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+from google.protobuf.message import DecodeError
 
 from memtrace.errors import EnvironmentProblem, InputError
 from memtrace.sources.trace.ftrace_text import NUMERIC_BASE, canonical_event, columns_for, derive
@@ -266,7 +267,7 @@ class _Reader:
         pkt = pb2.TracePacket()
         try:
             pkt.ParseFromString(raw)
-        except Exception:  # google.protobuf.message.DecodeError
+        except DecodeError:  # damaged bytes; any other exception is memtrace's bug
             self.st.malformed += 1
             return
         self.st.packets_read += 1
@@ -348,9 +349,7 @@ class _Reader:
                 cls = self._dense_class(uf.field_number, desc)
                 msg = cls()
                 msg.ParseFromString(uf.data)
-            except MemoryError:
-                raise
-            except Exception:  # DecodeError; a descriptor the pool will not build
+            except (DecodeError, TypeError, KeyError):  # damaged bytes; a descriptor the pool will not build
                 st.malformed += 1
                 return
             if ev.pid >= _I31 or ev.timestamp >= _I63 or cpu >= _I31:
@@ -1098,7 +1097,7 @@ class _FastReader(_Reader):
             f = int(o_f[k])
             try:
                 msg = w.classes[f].FromString(arr[o_s[k]:o_e[k]].tobytes())
-            except Exception:
+            except DecodeError:
                 bad[k] = True
                 continue
             slow.append((k, msg))
