@@ -5,6 +5,7 @@ found, as regression tests. Not lab: no guest, no QEMU."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -125,3 +126,23 @@ def test_duplicate_probe_names_name_the_file(tmp_path):
     with pytest.raises(InputError) as ei:
         probedefs.load_definitions([p])
     assert ei.value.message == f"{p}: duplicate probe names: memtrace/a"
+
+
+def test_btf_anonymous_member_of_void_type(tmp_path):
+    """A struct whose anonymous member has type 0 (void) made the member lookup of probe
+    generation an AttributeError; such a member has no members, and generation goes on."""
+    import struct
+
+    from memtrace.sources.kernel.typeinfo import BtfTypes
+
+    sys.path.insert(0, str(REPO / "bench"))
+    import fuzz
+
+    ty = struct.pack("<III", 1, (4 << 24) | 2, 16) + struct.pack("<III", 0, 0, 0) + struct.pack("<III", 3, 2, 64)
+    ty += struct.pack("<III", 5, (1 << 24), 8) + struct.pack("<I", 64)
+    b = BtfTypes(fuzz.btf_blob(ty, b"\0s\0x\0long\0"), "BTF x")
+    assert b.offsetof("struct s", "x") == 8
+    with pytest.raises(LookupError):
+        b.member(b.struct_type("struct s"), "nope")
+    with pytest.raises(LookupError):
+        b.member(0, "x")

@@ -266,6 +266,8 @@ class BtfTypes(TypeInfo):
 
     def _members(self, tid: int) -> Iterable[tuple[str, int, int]]:
         t = self._types[self._strip(tid)]
+        if t is None or t.kind not in (K_STRUCT, K_UNION):  # void, or a corrupt member type: no members
+            return
         for name_off, mtype, moff in t.extra or ():
             bit = (moff & 0xFFFFFF) if t.kflag else moff
             yield self._str(name_off), mtype, bit
@@ -273,7 +275,8 @@ class BtfTypes(TypeInfo):
     def member(self, handle: int, member: str) -> tuple[int, int]:
         found = self._find_member(handle, member)
         if found is None:
-            raise LookupError(f"{self.source}: {self._types[self._strip(handle)].name or 'anonymous type'} has no member {member!r}")
+            t = self._types[self._strip(handle)]
+            raise LookupError(f"{self.source}: {(t.name if t else 'void') or 'anonymous type'} has no member {member!r}")
         bit, mtype = found
         if bit % 8:
             raise LookupError(f"{self.source}: member {member!r} is a bitfield")
@@ -283,7 +286,8 @@ class BtfTypes(TypeInfo):
         for name, mtype, bit in self._members(tid):
             if name == member:
                 return bit, mtype
-            if not name and self._types[self._strip(mtype)].kind in (K_STRUCT, K_UNION):
+            sub_t = self._types[self._strip(mtype)]  # None: void (a corrupt member type)
+            if not name and sub_t is not None and sub_t.kind in (K_STRUCT, K_UNION):
                 sub = self._find_member(mtype, member)
                 if sub is not None:
                     return bit + sub[0], sub[1]
