@@ -146,3 +146,30 @@ def test_btf_anonymous_member_of_void_type(tmp_path):
         b.member(b.struct_type("struct s"), "nope")
     with pytest.raises(LookupError):
         b.member(0, "x")
+
+
+@pytest.mark.parametrize("kind,index,words", [
+    ("snapshot", 7592, ["not a memtrace snapshot file", "codec can't decode"]),   # a member name flagged UTF-8 that is not
+    ("snapshot", 10907, ["cannot read header.json", "codec can't decode"]),
+    ("snapshot", 23123, ["not a memtrace snapshot file (zip file version"]),      # zipfile's NotImplementedError
+])
+def test_fuzzer_found(tmp_path, kind, index, words):
+    """Inputs bench/fuzz.py (seed 1) found raising other exceptions: each is one line naming the file."""
+    import random
+
+    sys.path.insert(0, str(REPO / "bench"))
+    import fuzz
+
+    k = fuzz.KINDS[kind]
+    seeds = k.seeds(tmp_path, random.Random(f"1:{kind}:seeds"))
+    if k.setup:
+        k.setup(tmp_path)
+    _, data = fuzz.make_input(k, seeds, 1, index)
+    p = tmp_path / k.filename
+    p.write_bytes(data)
+    with pytest.raises(InputError) as ei:
+        k.run(p)
+    msg = ei.value.message
+    assert "\n" not in msg and msg.startswith(f"{p}: "), msg
+    for w in words:
+        assert w in msg, (w, msg)

@@ -38,7 +38,7 @@ def save(snap: Snapshot, path: Path) -> None:
 _HEADER_TYPES = {"kernel": dict, "target": dict, "faults": int, "complete": bool, "notes": list}
 
 #: what reading a damaged zip member can raise (bad CRC, bad deflate stream, cut file)
-_ZIP_READ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError)
+_ZIP_READ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError, UnicodeDecodeError)
 
 
 def load(path: Path) -> Snapshot:
@@ -52,8 +52,9 @@ def load(path: Path) -> Snapshot:
         z = zipfile.ZipFile(path)
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
-    except (zipfile.BadZipFile, OSError) as e:
-        raise InputError(f"{path}: not a memtrace snapshot file ({e})") from None
+    # UnicodeDecodeError: a member name flagged UTF-8 that is not; NotImplementedError: a zip version
+    except (zipfile.BadZipFile, OSError, UnicodeDecodeError, NotImplementedError) as e:
+        raise InputError(f"{path}: not a memtrace snapshot file ({_one_line(e)})") from None
     with z:
         try:
             raw = z.read("header.json")
