@@ -81,8 +81,10 @@ def open_target(
         _check_elf_core(vmcore)
         try:
             prog.set_core_dump(str(vmcore))
-        # BadDataError: a note drgn cannot parse (a VMCOREINFO BUILD-ID that is not hex, ...)
-        except (OSError, ValueError, getattr(drgn, "BadDataError", ValueError)) as e:
+        # the scope is one drgn call decoding the file: BadDataError (a VMCOREINFO BUILD-ID that
+        # is not hex), OverflowError (a number in VMCOREINFO too large), and a plain Exception
+        # for what libelf rejects ("libelf error: invalid ELF file data")
+        except Exception as e:  # noqa: BLE001
             raise InputError(f"{vmcore}: drgn cannot open it as a vmcore: {e}") from None
         target = {"kind": "vmcore", "path": str(vmcore)}
     elif qmp is not None:
