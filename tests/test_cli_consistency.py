@@ -12,9 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import typer.main
 
-from memtrace.cli.app import _register, app
+from test_docs import _commands
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,21 +27,7 @@ TYPE_METAVARS = re.compile(
 OUTPUT_NAMES = {"--out", "--output", "--outdir", "--out-dir", "--output-dir", "--dest", "--write", "-o"}
 
 
-def _commands():
-    _register()
-    root = typer.main.get_command(app)
-    stack = [((), root)]
-    while stack:
-        path, cmd = stack.pop()
-        subs = getattr(cmd, "commands", None)
-        if subs:
-            for name, sub in subs.items():
-                stack.append((path + (name,), sub))
-        elif path:
-            yield " ".join(path), cmd
-
-
-COMMANDS = dict(_commands())
+COMMANDS = dict(_commands())  # every leaf command, as test_docs walks them
 
 
 def _ctx(cmd):
