@@ -180,7 +180,7 @@ def test_fuzzer_found(tmp_path, kind, index, words):
 # -- the generator, a fixed seed ---------------------------------------------------------------
 
 #: inputs per kind here (bench/fuzz.py: 100k). trace.dat goes through trace-cmd (about 1 s an
-#: input), so it gets a handful; lab-truth is memtrace/lab's reader (see its xfail).
+#: input), so it gets a handful.
 PER_KIND = {"trace.dat": 20}
 DEFAULT_PER_KIND = 500
 
@@ -197,11 +197,6 @@ def _params():
     out = []
     for name in fuzz.KINDS:
         marks = []
-        if name == "lab-truth":
-            marks.append(pytest.mark.xfail(
-                strict=True, reason="memtrace/lab/truth.py load_truth: a truth.json that is not UTF-8 (UnicodeDecodeError), "
-                "not an object (AttributeError) or nested too deeply (RecursionError) is a traceback; memtrace/lab is "
-                "not this change's to edit"))
         out.append(pytest.param(name, marks=marks, id=name))
     return out
 

@@ -128,12 +128,7 @@ def build_truth(guest_out: Path) -> dict:
 
 
 def load_truth(path: Path) -> dict:
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except json.JSONDecodeError as e:
-        raise InputError(f"{path}: not JSON: {e}") from None
-    if data.get("schema") != SCHEMA:
-        raise InputError(f"{path}: not a memtrace lab truth file (schema {data.get('schema')!r})")
-    return data
+    """A lab run's truth.json as a document (memtrace.tables.lab_truth reads and checks it)."""
+    from memtrace.tables.lab_truth import read_truth_document
+
+    return read_truth_document(path)[1]

@@ -78,8 +78,10 @@ def truth_frame(truth: dict) -> pd.DataFrame:
     return pd.DataFrame(data).sort_values(["step", "path"], kind="stable").reset_index(drop=True)
 
 
-def load_truth(path: str | Path) -> pd.DataFrame:
-    """The truth table of a lab run: ``path`` is its ``truth.json`` or its output folder."""
+def read_truth_document(path: str | Path) -> tuple[Path, dict]:
+    """(the file, its parsed document) of a lab run's ``truth.json`` (``path``: the file or the
+    run's output folder). Unreadable files, non-JSON and documents of another schema are a
+    one-line InputError naming the file; the rows are checked by ``truth_frame``."""
     p = Path(path)
     if p.is_dir():
         p = p / "truth.json"
@@ -91,6 +93,16 @@ def load_truth(path: str | Path) -> pd.DataFrame:
         raise InputError(f"{p}: not JSON: {_one_line(e)}") from None
     except RecursionError:
         raise InputError(f"{p}: not JSON: nested too deeply") from None
+    if not isinstance(doc, dict):
+        raise InputError(f"{p}: not a lab truth document: a JSON {type(doc).__name__}, not an object")
+    if doc.get("schema") != TRUTH_SCHEMA:
+        raise InputError(f"{p}: not a lab truth document (schema {doc.get('schema')!r}, want {TRUTH_SCHEMA!r})")
+    return p, doc
+
+
+def load_truth(path: str | Path) -> pd.DataFrame:
+    """The truth table of a lab run: ``path`` is its ``truth.json`` or its output folder."""
+    p, doc = read_truth_document(path)
     try:
         return truth_frame(doc)
     except InputError as e:
@@ -102,4 +114,4 @@ def _one_line(e: BaseException, limit: int = 200) -> str:
     return msg if len(msg) <= limit else msg[:limit] + "..."
 
 
-__all__ = ["TRUTH_COLUMNS", "TRUTH_COLUMN_NAMES", "truth_frame", "load_truth"]
+__all__ = ["TRUTH_COLUMNS", "TRUTH_COLUMN_NAMES", "truth_frame", "read_truth_document", "load_truth"]

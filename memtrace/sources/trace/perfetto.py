@@ -704,6 +704,11 @@ def _scan(arr, U, s, e, want_v=(), want_l=(), oneof=None):
     act = np.arange(m)
     pos = s.astype(np.int64, copy=True)
     lim_all = e.astype(np.int64)
+    # a message whose span runs past the buffer (a damaged length upstream) is damaged itself
+    past = (lim_all > len(arr)) | (pos < 0)
+    if past.any():
+        bad[past] = True
+        act = act[~past]
     rounds = 0
     while act.size:
         rounds += 1
