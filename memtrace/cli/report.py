@@ -53,6 +53,7 @@ def leftover_cmd(
     except ValueError as e:
         raise InputError(str(e)) from None
     snap = snapshot_from_options(live=live, vmcore=vmcore, qmp=qmp, from_file=from_file, vmlinux=vmlinux)
+    _say_notes(snap)
     per = charged_per_map_memcg(snap.allocations)
     maps = leftover_maps(snap.maps, snap.allocations, snap.memcgs, per)
     memcgs = leftover_memcgs(snap.maps, snap.allocations, snap.memcgs, per)
@@ -93,6 +94,12 @@ def leftover_cmd(
         raise typer.Exit(EXIT_INCOMPLETE)
     if finding:
         raise typer.Exit(EXIT_FINDING)
+
+
+def _say_notes(snap) -> None:
+    """The snapshot's own notes (faults, columns an older file lacks) on stderr, as snapshot says them."""
+    for n in snap.header.get("notes", []):
+        err.print(f"memtrace: note: {n}", markup=False)
 
 
 def _select_map(maps, sel: str):
@@ -224,6 +231,7 @@ def recharge_cmd(
         from memtrace.cli.snapshot import snapshot_from_options
 
         snap = snapshot_from_options(live=live, vmcore=vmcore, qmp=qmp, from_file=from_file, vmlinux=vmlinux)
+        _say_notes(snap)
         per_map, levels = ra.what_if(snap.maps, snap.allocations, snap.memcgs, to, map_ids or None)
         v = ra.verdict(levels)
         if output is not None:

@@ -91,9 +91,16 @@ def load(path: Path) -> Snapshot:
             # pandas_compat when the pandas metadata JSON inside the Parquet footer is damaged
             except (pa.ArrowException, OSError, KeyError, TypeError, ValueError) as e:
                 raise InputError(f"{path}: damaged snapshot file: {member} is not a readable Parquet table ({_one_line(e)})") from None
-            missing = [c.name for c in TABLES[name] if c.name not in df.columns]
+            missing = [c for c in TABLES[name] if c.name not in df.columns]
+            required = [c.name for c in missing if not c.nullable]
+            if required:
+                raise InputError(f"{path}: table {name!r} lacks column(s) {', '.join(required)}")
             if missing:
-                raise InputError(f"{path}: table {name!r} lacks column(s) {', '.join(missing)}")
+                # a file from before a nullable column was added: the column is unknown, not 0
+                for c in missing:
+                    df[c.name] = pd.Series(pd.NA, index=df.index, dtype=c.dtype)
+                header.setdefault("notes", []).append(
+                    f"the file predates column(s) {', '.join(c.name for c in missing)} of table {name!r}: left null")
             try:
                 df = coerce(name, df)
             except (ValueError, TypeError, OverflowError) as e:  # astype of the file's values
