@@ -344,3 +344,17 @@ def test_a_snapshot_file_from_before_a_nullable_column_loads_with_it_null(tmp_pa
     f = _zip(tmp_path / "worse.zip", {**snap_members, "memcgs.parquet": buf.getvalue()})
     with pytest.raises(InputError, match="table 'memcgs' lacks column\\(s\\) memory_current_bytes$"):
         load(f)
+
+
+def test_a_snapshot_member_flagged_encrypted_is_a_one_line_error(tmp_path, snap_members):
+    """bench/fuzz.py (seed 2) found it: zipfile raises RuntimeError ('password required') for a
+    member whose encryption flag is set."""
+    f = tmp_path / "enc.zip"
+    with zipfile.ZipFile(f, "w") as z:
+        for n, b in snap_members.items():
+            info = zipfile.ZipInfo(n)
+            if n == "header.json":
+                info.flag_bits |= 0x1
+            z.writestr(info, b)
+    with pytest.raises(InputError, match="cannot read header.json: File 'header.json' is encrypted, password required"):
+        load(f)

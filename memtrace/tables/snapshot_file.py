@@ -38,7 +38,9 @@ def save(snap: Snapshot, path: Path) -> None:
 _HEADER_TYPES = {"kernel": dict, "target": dict, "faults": int, "complete": bool, "notes": list}
 
 #: what reading a damaged zip member can raise (bad CRC, bad deflate stream, cut file)
-_ZIP_READ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError, UnicodeDecodeError)
+#: (zipfile raises RuntimeError for a member flagged as encrypted: "password required")
+_ZIP_READ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError, UnicodeDecodeError,
+                    RuntimeError)
 
 
 def load(path: Path) -> Snapshot:
