@@ -77,13 +77,17 @@ def _load_pins() -> tuple[dict[str, KernelSeries], dict[str, Build]]:
         data = tomllib.loads(PINS_FILE.read_text())
     except (OSError, tomllib.TOMLDecodeError) as e:
         raise InputError(f"{PINS_FILE}: cannot read the lab's kernel pins: {e}") from None
-    builds = {n: Build(n, b["series"], b["package"], b["version"]) for n, b in data["builds"].items()}
-    series = {
-        n: KernelSeries(n, s["meta_package"], s["suite"], s["pinned"], str(s["pinned_on"]))
-        for n, s in data["series"].items()
-    }
-    for s in series.values():
-        assert builds[s.pinned].series == s.name, f"{PINS_FILE}: pin of {s.name} is a {builds[s.pinned].series} build"
+    try:
+        builds = {n: Build(n, b["series"], b["package"], b["version"]) for n, b in data["builds"].items()}
+        series = {
+            n: KernelSeries(n, s["meta_package"], s["suite"], s["pinned"], str(s["pinned_on"]))
+            for n, s in data["series"].items()
+        }
+        for s in series.values():
+            if builds[s.pinned].series != s.name:
+                raise InputError(f"{PINS_FILE}: the pin of {s.name} is a {builds[s.pinned].series} build")
+    except (KeyError, TypeError, AttributeError) as e:
+        raise InputError(f"{PINS_FILE}: not a kernel pins file: missing or wrong {e}") from None
     return series, builds
 
 
@@ -213,7 +217,9 @@ def cached(name: str) -> Kernel | None:
 
 
 def _version_key(v: str) -> list:
-    return [int(p) if p.isdigit() else p for p in re.split(r"[.\-+~]", v)]
+    """Sort key of a Debian version: numeric parts as numbers, others as text (never compared
+    with each other, so differently shaped versions still sort)."""
+    return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"[.\-+~]", v)]
 
 
 def _module_deps(ko: bytes) -> list[str]:
