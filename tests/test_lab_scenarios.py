@@ -84,9 +84,13 @@ def test_restart_prealloc_hash_charges_its_element_area(lab, kernel):
     elems = elem_size * (entries + ncpus(truth))  # + one extra element per CPU
     buckets = 16 * roundup_pow2(entries)
     d = delta(truth, "create-hash_prealloc", "/pod/gen1")
-    # both areas are whole pages (vmalloc); the bpf_htab (kmalloc-cg-1k) and the pin's dentry
-    # and inode take one more page of object charge: 794,624 B on 6.1.0-56 and 6.12.117
-    assert d == page_round(elems) + page_round(buckets) + PAGE == 794_624
+    # both areas are whole pages (vmalloc), exactly; the bpf_htab (kmalloc-cg-1k) and the
+    # pin's dentry and inode (under 2 KiB) are object charges, page-rounded through the objcg's
+    # pre-charged bytes: one page in most runs (794,624 B on 6.1.0-56 and 6.12.117), two in a
+    # CI run on 6.12 (798,720 B; the next step gave the page back)
+    areas = page_round(elems) + page_round(buckets)
+    assert areas == 790_528
+    assert d - areas in (PAGE, 2 * PAGE), d
     # filling a preallocated hash allocates nothing
     assert abs(delta(truth, "fill-hash_prealloc", "/pod/gen1")) <= 2 * PAGE
 
@@ -97,9 +101,10 @@ def test_restart_percpu_values_are_not_charged_to_the_creator(lab, kernel):
     truth = lab.truth("restart", kernel)
     values = 509 * 1024 * ncpus(truth)  # percpu_array: 509 entries x round_up(1020, 8) per CPU
     d = delta(truth, "create-percpu_array", "/pod/gen1")
-    # the bpf_array with its 509 per-CPU pointers and the pin: two pages in every run seen
-    # (both kernels); the ~1 MB of values is not there
-    assert d == 2 * PAGE, f"creating the percpu array charged {d} B; values are {values} B"
+    # the bpf_array with its 509 per-CPU pointers (a kmalloc-8k object: 8,200 B charged) and the
+    # pin, page-rounded through the objcg's pre-charged bytes: two pages in every run seen (both
+    # kernels), three if the objcg had none left; the ~1 MB of values is not there
+    assert d in (2 * PAGE, 3 * PAGE), f"creating the percpu array charged {d} B; values are {values} B"
     stat = step(truth, "create-percpu_array")["cgroups"]["/pod/gen1"]["memory.stat"]
     assert stat["percpu"] < values / 4
 
