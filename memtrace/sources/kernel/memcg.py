@@ -120,13 +120,12 @@ def memcg_stat_bytes(memcg: Object) -> dict[str, int]:
     return out
 
 
-_stat_layouts: dict[int, dict[str, list[tuple[int, int]]]] = {}
-
-
 def _stat_layout(prog: Program) -> dict[str, list[tuple[int, int]]]:
-    """memory.stat key -> [(index into vmstats->state, bytes per unit)], once per program."""
-    if id(prog) in _stat_layouts:
-        return _stat_layouts[id(prog)]
+    """memory.stat key -> [(index into vmstats->state, bytes per unit)], once per program (in
+    the program's own cache: a module dict keyed by id(prog) handed a later program, of
+    another kernel, the layout of a freed one that had the same id)."""
+    if "memtrace_stat_layout" in prog.cache:
+        return prog.cache["memtrace_stat_layout"]
     enum: dict[str, int] = {}
     for en in ("enum node_stat_item", "enum memcg_stat_item"):
         enum.update(dict(prog.type(en).enumerators))
@@ -148,7 +147,7 @@ def _stat_layout(prog: Program) -> dict[str, list[tuple[int, int]]]:
             slots.append((i, 1 if name.endswith("_B") else 1024 if name.endswith("_KB") else page))
         if slots:
             layout[key] = slots
-    _stat_layouts[id(prog)] = layout
+    prog.cache["memtrace_stat_layout"] = layout
     return layout
 
 
