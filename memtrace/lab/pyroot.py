@@ -56,7 +56,7 @@ from memtrace.lab.kernels import Kernel, cache_dir
 #: bump when the image layout changes, so cached images are rebuilt
 FORMAT = 1
 #: an image of the same kernel not used for this long is removed when a new one is built
-PRUNE_AFTER_S = 3 * 3600
+PRUNE_AFTER_S = 600
 #: virtio serial of the image's disk, for the guest to find it by (guest/lib.sh mt_disk)
 SERIAL = "memtrace-pyroot"
 #: where the guest mounts the image
@@ -366,9 +366,10 @@ def build(kernel: Kernel, *, progress=None) -> Path:
                 "total_s": round(t_mkfs - t0, 2),
             },
         )
-        # older images of this kernel go (1.7 GB for two), but not one used in the last
-        # PRUNE_AFTER_S: another checkout's test session may be running on it (its key
-        # holds its own path), and must not lose it under its feet
+        # older images of this kernel go (0.7-0.9 GB each; a day of commits left 11 GB), but
+        # not one used in the last PRUNE_AFTER_S: another checkout's test session may be
+        # about to boot a guest on it (its key holds its own path). A guest already running
+        # holds its image open, so removing the name does not disturb it.
         for old in dest.parent.glob(f"{kernel.release}-*.ext4"):
             side_old = old.with_suffix(".json")
             try:

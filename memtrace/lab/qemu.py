@@ -262,3 +262,16 @@ class Guest:
     def dump_memory(self, path: Path) -> None:
         """Write an ELF vmcore of the whole guest (QMP dump-guest-memory, paging off)."""
         self.qmp("dump-guest-memory", {"paging": False, "protocol": f"file:{path}"})
+        _punch_zero_pages(path)
+
+
+def _punch_zero_pages(path: Path) -> None:
+    """Make the all-zero blocks of a fresh vmcore holes (``fallocate --dig-holes``).
+
+    A lab guest touches little of its memory: a 512 MiB dump allocates about 144 MiB
+    afterwards, in under a second; the file reads the same. Where the filesystem or
+    util-linux cannot do it, the dump stays as written."""
+    fallocate = shutil.which("fallocate")
+    if fallocate is not None:
+        subprocess.run([fallocate, "--dig-holes", str(path)], stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, check=False)

@@ -22,6 +22,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import tarfile
 import tempfile
 import time
@@ -75,6 +76,27 @@ class RunResult:
     pid: int | None = None  # set when the guest was left running
     qmp_socket: Path | None = None
     extra: dict = field(default_factory=dict)
+
+    def stop(self) -> None:
+        """End a guest left running (``keep_running``) and remove its runtime folder
+        (sockets, initramfs, output disk: about 100 MB). Safe to call twice."""
+        if self.pid is not None:
+            try:
+                os.killpg(self.pid, signal.SIGTERM)  # QEMU leads a session of its own
+            except ProcessLookupError:
+                pass
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                try:  # reap it when it is this process's child (run() in-process)
+                    if os.waitpid(self.pid, os.WNOHANG)[0] == self.pid:
+                        break
+                except ChildProcessError:
+                    if not Path(f"/proc/{self.pid}").exists():
+                        break
+                time.sleep(0.1)
+            self.pid = None
+        if self.qmp_socket is not None:
+            shutil.rmtree(self.qmp_socket.parent, ignore_errors=True)
 
 
 def run(
