@@ -70,6 +70,7 @@ def _register() -> None:
     from memtrace.cli import probes  # noqa: F401
     from memtrace.cli import capture  # noqa: F401
     from memtrace.cli import report  # noqa: F401
+    from memtrace.cli import diff  # noqa: F401
     from memtrace.cli import export  # noqa: F401
 
 
