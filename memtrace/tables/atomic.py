@@ -39,3 +39,30 @@ def write_parquet(df, dest: Path, meta: dict | None = None, meta_key: str = "mem
         if isinstance(e, OSError):
             raise InputError(f"{dest}: cannot write: {e.strerror or e}") from None
         raise
+
+
+def write_bytes(data: bytes, dest: Path) -> None:
+    """Write ``data`` to ``dest`` atomically (a temporary file beside it, renamed into place):
+    a failed or interrupted write leaves no file and never half of one. A folder that does not
+    exist or a failed write is an InputError."""
+    dest = Path(dest)
+    d = dest.parent if str(dest.parent) else Path(".")
+    if not d.is_dir():
+        raise InputError(f"{dest}: directory {d} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=d)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        # mkstemp makes the file 0600: give it the mode a plain open() would
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, dest)
+    except BaseException as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(e, OSError):
+            raise InputError(f"{dest}: cannot write: {e.strerror or e}") from None
+        raise
