@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from memtrace.cli.app import app, err, out
-from memtrace.cli.snapshot import FROM_FILE, LIVE, QMP, VMCORE, VMLINUX
+from memtrace.cli.snapshot import FROM_FILE, LIVE, PLOT, QMP, VMCORE, VMLINUX
 from memtrace.errors import EXIT_FINDING, EXIT_INCOMPLETE
 
 report_app = typer.Typer(help="Reports: leftover BPF charge and who pays for it.", no_args_is_help=True)
@@ -30,6 +30,7 @@ def leftover_cmd(
     ),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON envelope (schema memtrace.report.leftover/1; holds no kernel addresses)."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", metavar="FILE.parquet", help="Write the per-map table as Parquet."),
+    plot: Optional[Path] = PLOT,
 ) -> None:
     """Maps whose charge outlived their generation (owner ghost, dying or reparented), who pays for it now, and what each memcg carries.
 
@@ -52,6 +53,7 @@ def leftover_cmd(
         fail_over = parse_fail_over(fail_over)
     except ValueError as e:
         raise InputError(str(e)) from None
+    _check_plot(plot)
     snap = snapshot_from_options(live=live, vmcore=vmcore, qmp=qmp, from_file=from_file, vmlinux=vmlinux)
     _say_notes(snap)
     per = charged_per_map_memcg(snap.allocations)
@@ -68,6 +70,11 @@ def leftover_cmd(
     if map_sel is not None:
         maps = maps[_select_map(maps, map_sel)]
     finding = threshold_crossed(memcgs, fail_over)
+    if plot is not None:
+        from memtrace.render.plots import plot_owner_states
+
+        plot_owner_states(memcgs, plot, f"BPF map charge per memcg, by the owner state of the map ({snap.header.get('kernel', {}).get('release')})")
+        err.print(f"wrote {plot}", markup=False)
     if output is not None:
         from memtrace.tables.atomic import write_parquet
 
@@ -94,6 +101,18 @@ def leftover_cmd(
         raise typer.Exit(EXIT_INCOMPLETE)
     if finding:
         raise typer.Exit(EXIT_FINDING)
+
+
+def _check_plot(plot, needs: str | None = None) -> None:
+    """A bad --plot (suffix, folder) is a one-line error before any work."""
+    if plot is None:
+        return
+    from memtrace.errors import InputError
+    from memtrace.render.plots import check_plot_path
+
+    check_plot_path(plot)
+    if needs:
+        raise InputError(f"--plot needs {needs}")
 
 
 def _say_notes(snap) -> None:
@@ -129,6 +148,7 @@ def force_cmd(
     fail_over: Optional[int] = typer.Option(None, "--fail-over", metavar="PAGES", min=0, help="Exit 1 when more than PAGES pages were forced above a limit, or any charge was refused and PAGES is 0."),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON envelope (schema memtrace.report.force/1)."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", metavar="FILE.parquet", help="Write the per-task table as Parquet."),
+    plot: Optional[Path] = PLOT,
 ) -> None:
     """Charges admitted above memory.max (forced) and charges refused at it (ENOMEM).
 
@@ -141,6 +161,7 @@ def force_cmd(
     from memtrace.sources.trace import load_trace
     from memtrace.tables.lab_truth import load_truth
 
+    _check_plot(plot, None if truth is not None else "--truth (memory.current per step)")
     events, _ = load_trace(str(capture))
     tt = load_truth(truth) if truth is not None else None
     forced = fa.forced_charges(events)
@@ -175,6 +196,11 @@ def force_cmd(
 
         write_parquet(tasks, output)
         err.print(f"wrote {output}", markup=False)
+    if plot is not None:
+        from memtrace.render.plots import plot_force
+
+        plot_force(steps, tt, plot, f"forced and refused charges: {capture.name}")
+        err.print(f"wrote {plot}", markup=False)
     if json_out:
         out.print(render.json_envelope(str(capture), str(truth) if truth else None, dict(totals, finding=finding),
                                        steps, tasks, by_gfp, behaviour), markup=False, soft_wrap=True)
@@ -211,6 +237,7 @@ def recharge_cmd(
     vmlinux: Optional[Path] = VMLINUX,
     json_out: bool = typer.Option(False, "--json", help="Print a JSON envelope (schema memtrace.report.recharge/1)."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", metavar="FILE.parquet", help="Write the per-step (effects) or per-map (what-if) table as Parquet."),
+    plot: Optional[Path] = PLOT,
 ) -> None:
     """What a recharge did (effects: --truth, --old, --new, optional CAPTURE) or would do (what-if: --to CGROUP and a snapshot source).
 
@@ -225,6 +252,7 @@ def recharge_cmd(
     from memtrace.render import recharge as render
     from memtrace.tables.atomic import write_parquet
 
+    _check_plot(plot)
     if to is not None:
         if truth or old or new or capture:
             raise InputError("--to (what-if) takes a snapshot source, not CAPTURE/--truth/--old/--new (effects)")
@@ -236,6 +264,11 @@ def recharge_cmd(
         v = ra.verdict(levels)
         if output is not None:
             write_parquet(per_map, output)
+        if plot is not None:
+            from memtrace.render.plots import plot_recharge_whatif
+
+            plot_recharge_whatif(levels, v, plot)
+            err.print(f"wrote {plot}", markup=False)
         if json_out:
             out.print(render.json_envelope("what-if", to=to, verdict=v, maps=per_map, levels=levels,
                                            total_bytes=int(per_map["charged_bytes"].sum()), flags=ra.FLAGS,
@@ -264,6 +297,11 @@ def recharge_cmd(
     summary, steps = ra.effects(tt, old, new, events, from_step, to_step)
     if output is not None:
         write_parquet(steps, output)
+    if plot is not None:
+        from memtrace.render.plots import plot_recharge_effects
+
+        plot_recharge_effects(summary, steps, plot)
+        err.print(f"wrote {plot}", markup=False)
     if json_out:
         out.print(render.json_envelope("effects", summary=summary, steps=steps), markup=False, soft_wrap=True)
     else:

@@ -18,6 +18,8 @@ VMCORE = typer.Option(None, "--vmcore", metavar="FILE", help="Read an ELF vmcore
 QMP = typer.Option(None, "--qmp", metavar="SOCKET", help="Read a running QEMU guest through its QMP socket.")
 FROM_FILE = typer.Option(None, "--from", metavar="FILE", help="Load a snapshot file written by 'memtrace snapshot -o' instead of a kernel.")
 VMLINUX = typer.Option(None, "--vmlinux", metavar="FILE", help="vmlinux with debug info (checked against the kernel's build id); default: drgn's search.")
+#: --plot, on snapshot and every report (memtrace.render.plots; docs/plots.md)
+PLOT = typer.Option(None, "--plot", metavar="FILE.png|FILE.svg", help="Also draw the result as a PNG or SVG picture (docs/plots.md).")
 
 
 @app.command("snapshot")
@@ -31,6 +33,7 @@ def snapshot_cmd(
         False, "--json", help="Print a JSON envelope (schema memtrace.snapshot.json/1: maps, memcgs, allocation summary) on stdout."),
     output: Optional[Path] = typer.Option(
         None, "--output", "-o", metavar="FILE", help="Write the snapshot file (zip: header.json + Parquet tables)."),
+    plot: Optional[Path] = PLOT,
 ) -> None:
     """Every BPF map, its owner memcg and that memcg's state, and its memory attributed page by page and object by object to the memcgs actually charged.
 
@@ -41,6 +44,10 @@ def snapshot_cmd(
     from memtrace.errors import InputError
     from memtrace.render.snapshot import json_envelope, maps_table, memcgs_table
 
+    if plot is not None:
+        from memtrace.render.plots import check_plot_path
+
+        check_plot_path(plot)
     snap = snapshot_from_options(live=live, vmcore=vmcore, qmp=qmp, from_file=from_file, vmlinux=vmlinux)
     if output is not None:
         from memtrace.tables.snapshot_file import save
@@ -50,6 +57,11 @@ def snapshot_cmd(
         except OSError as e:
             raise InputError(f"{output}: cannot write: {e.strerror}") from None
         err.print(f"wrote {output}", markup=False)
+    if plot is not None:
+        from memtrace.render.plots import plot_snapshot
+
+        plot_snapshot(snap, plot)
+        err.print(f"wrote {plot}", markup=False)
     h = snap.header
     if snap.maps.empty:
         err.print("memtrace: note: the kernel has no BPF maps", markup=False)
