@@ -7,8 +7,9 @@ run to run, so they are never keys:
 * memcgs are matched by **path** (a dying memcg that shares its path with a live one in a
   snapshot is ``PATH (dying)``);
 * maps by **pin**, then **name**, then **type** (each stage pairs what the previous left, in
-  map id order within a name or type): the key is the pin, the name (``name#k`` when a name is
-  used by several maps) or ``type#k``;
+  map id order within a name or type; the type stage pairs only unpinned maps, since maps
+  pinned at different paths are different maps): the key is the pin, the name (``name#k``
+  when a name is used by several maps) or ``type#k``;
 * steps by their **marker names** (``name#k`` for the k-th repeat of a name).
 
 What one side has and the other has not is listed (``DiffResult.unmatched``) and its rows are
@@ -396,8 +397,9 @@ def match_maps(base: pd.DataFrame, new: pd.DataFrame) -> tuple[pd.DataFrame, dic
                 pair(bi, ni, p, "pin")
                 break
     for attr, how in (("name", "name"), ("type", "type")):
-        bl = [i for i in sorted(b) if i not in bkey and (getattr(b[i], attr) or attr == "type")]
-        nl = [i for i in sorted(n) if i not in nkey and (getattr(n[i], attr) or attr == "type")]
+        # a pin is an identity: maps pinned at different paths are different maps, never paired by type
+        bl = [i for i in sorted(b) if i not in bkey and (getattr(b[i], attr) if attr == "name" else not b[i].pins)]
+        nl = [i for i in sorted(n) if i not in nkey and (getattr(n[i], attr) if attr == "name" else not n[i].pins)]
         groups: dict[str, tuple[list, list]] = {}
         for i in bl:
             groups.setdefault(getattr(b[i], attr), ([], []))[0].append(i)
