@@ -296,3 +296,16 @@ def test_bad_input_exits_2_in_one_line(tmp_path, case):
     if case == "no-output":
         assert r.stderr.strip() == "memtrace: error: missing option --output/-o FILE.pftrace"
     assert sorted(os.listdir(tmp_path)) == before
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_forced_rows_taken_from_the_movements_equal_force_reports(kernel):
+    """memcg_counters hands charge_instants the forced rows it already has: they must be
+    force.forced_charges' own."""
+    from memtrace.analyses import timeline as tl
+    from memtrace.analyses.force import forced_charges
+
+    events, _ = load_trace(str(CAPTURES / f"force-{kernel}.trace.dat"))
+    _, tracks = tl.memcg_counters(events)
+    pd.testing.assert_frame_equal(tracks.attrs["forced"], forced_charges(events))
+    pd.testing.assert_frame_equal(tl.charge_instants(events, {}, tracks.attrs["forced"]), tl.charge_instants(events))

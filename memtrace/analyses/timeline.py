@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from memtrace.analyses.charges import (
+    FORCE,
     MARKER_EVENT,
     TRY,
     TRY_RET,
@@ -95,6 +96,7 @@ def memcg_counters(events: pd.DataFrame, truth: pd.DataFrame | None = None) -> t
     """
     mv = page_counter_movements(events)
     attrs = dict(mv.attrs)
+    attrs["forced"] = _forced(events, mv)
     no_cg = mv["cgroup_id"].isna().to_numpy()
     attrs["movements_without_cgroup"] = int(no_cg.sum())
     mv = mv[~no_cg]
@@ -168,20 +170,33 @@ def memcg_counters(events: pd.DataFrame, truth: pd.DataFrame | None = None) -> t
     tracks = pd.DataFrame(recs, columns=list(TRACK_COLUMNS)).astype(
         {"cgroup_id": "UInt64", "path": "string", "hierarchy": "string", "anchor": "string", "anchor_step": "Int64",
          "anchor_bytes": "int64", "start_bytes": "int64", "end_bytes": "int64", "movements": "int64"})
+    forced = attrs.pop("forced")
     series.attrs.update(attrs)
     tracks.attrs.update(attrs)
+    tracks.attrs["forced"] = forced  # for charge_instants: the movements are not parsed twice
     return series, tracks
 
 
-def charge_instants(events: pd.DataFrame, path_of: dict[int, str] | None = None) -> pd.DataFrame:
+def _forced(events: pd.DataFrame, mv: pd.DataFrame) -> pd.DataFrame:
+    """``force.forced_charges`` from movements already computed (the same rows and columns)."""
+    f = mv[mv["kind"].astype(str).eq(FORCE)].copy()
+    comm = events["comm"].reset_index(drop=True).astype("string")
+    f["comm"] = comm.iloc[f["row"].to_numpy()].to_numpy() if len(f) else pd.array([], dtype="string")
+    return f[["row", "ts_ns", "pid", "comm", "cgroup_id", "pages"]].reset_index(drop=True)
+
+
+def charge_instants(events: pd.DataFrame, path_of: dict[int, str] | None = None,
+                    forced: pd.DataFrame | None = None) -> pd.DataFrame:
     """Forced charges (``force.forced_charges``) and, when the capture has the try_charge
     probes, refused ones (``force.refused_charges``), one row each, in time order: ``ts_ns``,
     ``row``, ``kind`` (forced / refused), ``cgroup_id``, ``path``, ``pages``, ``pid``,
     ``comm``, ``gfp`` (refused only: the page_counter_charge event carries none), ``map_id``
-    (of the event row, when the event carries one). ``attrs["refusals_recorded"]``."""
+    (of the event row, when the event carries one). ``attrs["refusals_recorded"]``.
+    ``forced``: ``force.forced_charges(events)`` when already at hand (``memcg_counters``'
+    tracks carry it in ``attrs["forced"]``)."""
     path_of = path_of or {}
     ev = events.reset_index(drop=True)
-    f = forced_charges(ev).assign(kind="forced", gfp=pd.NA)
+    f = (forced if forced is not None else forced_charges(ev)).assign(kind="forced", gfp=pd.NA)
     short = set(_short(ev["event"]).unique())
     recorded = {TRY, TRY_RET} <= short
     parts = [f]

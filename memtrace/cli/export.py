@@ -39,7 +39,7 @@ def export_cmd(
         check_same_run(events, tt, str(capture), str(truth))
     series, tracks = tl.memcg_counters(events, tt)
     path_of = {int(c): str(p) for c, p in zip(tracks["cgroup_id"], tracks["path"]) if not pd.isna(p)}
-    instants = tl.charge_instants(events, path_of)
+    instants = tl.charge_instants(events, path_of, tracks.attrs.get("forced"))
     slices = tl.step_slices(events)
     maps = tl.map_events(events)
     notes = _notes(tt, tracks, instants, slices, maps, series.attrs)
