@@ -69,7 +69,7 @@ def rich_table(result, show_all: bool = False, limit: int | None = None) -> Tabl
                   r["metric"], _num(r["base"]), _num(r["new"]), _delta(r["delta"]), _pct(r["delta_pct"]),
                   escape(str(why or "")), style="bold red" if r["crossed"] else None)
     if left:
-        t.caption = f"{left:,} unchanged row(s) not shown (--all shows every row)" if not show_all else f"{left:,} more row(s) not shown"
+        t.caption = f"{left:,} unchanged row(s) not shown (--all shows every row)"
     return t
 
 
@@ -107,7 +107,7 @@ def markdown(result, show_all: bool = False, limit: int | None = 100) -> str:
     else:
         out.append("No row changed.")
     if left:
-        out += ["", f"{left:,} row(s) not shown" + ("" if show_all else " (unchanged; `--all` shows them)") + "."]
+        out += ["", f"{left:,} row(s) not shown (unchanged rows: `--all`; more rows: `--max-rows N`)."]
     if not result.unmatched.empty:
         out += ["", "**Unmatched** (on one side only):", ""]
         out += [f"- {r.side}: {r.entity} `{_md(r.name)}` ({_md(r.detail)}; {r.facet})" for r in result.unmatched.itertuples(index=False)]
