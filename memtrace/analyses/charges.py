@@ -513,13 +513,13 @@ def charges_by_step(events: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
     no_cgroup = int(mv["cgroup_id"].isna().sum())
     mv = mv[mv["cgroup_id"].notna()]
     # one row per (movement, cgroup it counts for)
-    expanded = []
-    for r in mv.itertuples(index=False):
-        cid = int(r.cgroup_id)
-        for c in chain.get(cid, [cid]):
-            expanded.append((r.step, c, r.kind, int(r.pages) if not pd.isna(r.pages) else 0, r.signed_pages))
-    x = pd.DataFrame(expanded, columns=["step", "cgroup_id", "kind", "pages", "signed_pages"])
-    x["kind"] = x["kind"].astype(str)
+    own = mv["cgroup_id"].to_numpy(dtype="int64")
+    ids = np.unique(own)
+    pairs = [(c, a) for c in ids.tolist() for a in chain.get(c, [c])]
+    up = pd.DataFrame(pairs, columns=["own", "cgroup_id"]) if pairs else pd.DataFrame({"own": [], "cgroup_id": []}, dtype="int64")
+    x = pd.DataFrame({"own": own, "step": mv["step"].to_numpy(), "kind": mv["kind"].astype(str).to_numpy(),
+                      "pages": mv["pages"].to_numpy(dtype="int64", na_value=0), "signed_pages": mv["signed_pages"].to_numpy()})
+    x = x.merge(up, on="own", how="inner", sort=False)[["step", "cgroup_id", "kind", "pages", "signed_pages"]]
     if len(x):
         def tot(kind):
             return x["pages"].where(x["kind"].eq(kind), 0)

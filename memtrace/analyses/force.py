@@ -22,6 +22,9 @@ import pandas as pd
 
 from memtrace.analyses.charges import (
     FORCE,
+    TRY,
+    TRY_RET,
+    ChargeTables,
     charge_attempts,
     charges_by_step,
     page_counter_movements,
@@ -49,19 +52,30 @@ def gfp_names(gfp) -> str:
     return "|".join(n for b, n in _GFP_BITS.items() if g & b) or hex(g)
 
 
-def has_refusal_probes(events: pd.DataFrame) -> bool:
+def has_refusal_probes(events) -> bool:
+    """Whether the capture (an event table or its ``ChargeTables``) holds the try_charge probes."""
+    if isinstance(events, ChargeTables):
+        return events.has_events(TRY, TRY_RET)
+    return _names_have(events, TRY, TRY_RET)
+
+
+def _names_have(events: pd.DataFrame, *names: str) -> bool:
     short = set(events["event"].astype(str).str.rsplit(":", n=1).str[-1].unique())
-    return {"try_charge", "try_charge_ret"} <= short
+    return set(names) <= short
 
 
-def forced_charges(events: pd.DataFrame) -> pd.DataFrame:
-    """One row per page_counter_charge (force) of the capture: ``row``, ``ts_ns``, ``pid``,
-    ``comm``, ``cgroup_id``, ``pages``."""
-    mv = page_counter_movements(events)
-    f = mv[mv["kind"].astype(str).eq(FORCE)].copy()
-    comm = events["comm"].reset_index(drop=True).astype("string")
-    f["comm"] = comm.iloc[f["row"].to_numpy()].to_numpy() if len(f) else pd.array([], dtype="string")
-    return f[["row", "ts_ns", "pid", "comm", "cgroup_id", "pages"]].reset_index(drop=True)
+def forced_charges(events) -> pd.DataFrame:
+    """One row per page_counter_charge (force) of the capture (an event table or its
+    ``ChargeTables``): ``row``, ``ts_ns``, ``pid``, ``comm``, ``cgroup_id``, ``pages``."""
+    return forced_from_movements(page_counter_movements(events))
+
+
+def forced_from_movements(mv: pd.DataFrame) -> pd.DataFrame:
+    """``forced_charges`` from a movement table already made (it carries ``comm``)."""
+    f = mv[mv["kind"].astype(str).eq(FORCE).to_numpy()]
+    out = f[["row", "ts_ns", "pid", "comm", "cgroup_id", "pages"]].reset_index(drop=True)
+    out["comm"] = out["comm"].astype("string")
+    return out
 
 
 def refused_charges(events: pd.DataFrame) -> pd.DataFrame:
@@ -124,7 +138,8 @@ def _peaks(events: pd.DataFrame, truth: pd.DataFrame, steps: pd.DataFrame) -> di
         start = cur.get((prev[s], cid)) if prev[s] is not None else None
         if start is None or pd.isna(start):
             continue
-        mine = mv[(mv["step"] == s) & mv["cgroup_id"].map(lambda c: not pd.isna(c) and cid in chain.get(int(c), [int(c)]))]
+        subtree = [c for c, ch in chain.items() if cid in ch] or [cid]
+        mine = mv[((mv["step"] == s) & mv["cgroup_id"].isin(subtree)).to_numpy()]
         level = int(start) + np.cumsum(mine["signed_pages"].to_numpy()) * PAGE_SIZE
         peaks[(s, cid)] = int(max(int(start), int(level.max()) if len(level) else int(start)))
     return peaks

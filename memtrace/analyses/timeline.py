@@ -28,7 +28,6 @@ import numpy as np
 import pandas as pd
 
 from memtrace.analyses.charges import (
-    FORCE,
     MARKER_EVENT,
     TRY,
     TRY_RET,
@@ -37,7 +36,7 @@ from memtrace.analyses.charges import (
     page_counter_movements,
     step_markers,
 )
-from memtrace.analyses.force import forced_charges, refused_charges
+from memtrace.analyses.force import forced_charges, forced_from_movements, refused_charges
 from memtrace.tables.events import PAGE_SIZE
 
 #: how a memcg's series was anchored (``memcg_tracks``' ``anchor`` column)
@@ -179,10 +178,7 @@ def memcg_counters(events: pd.DataFrame, truth: pd.DataFrame | None = None) -> t
 
 def _forced(events: pd.DataFrame, mv: pd.DataFrame) -> pd.DataFrame:
     """``force.forced_charges`` from movements already computed (the same rows and columns)."""
-    f = mv[mv["kind"].astype(str).eq(FORCE)].copy()
-    comm = events["comm"].reset_index(drop=True).astype("string")
-    f["comm"] = comm.iloc[f["row"].to_numpy()].to_numpy() if len(f) else pd.array([], dtype="string")
-    return f[["row", "ts_ns", "pid", "comm", "cgroup_id", "pages"]].reset_index(drop=True)
+    return forced_from_movements(mv)
 
 
 def charge_instants(events: pd.DataFrame, path_of: dict[int, str] | None = None,

@@ -157,13 +157,15 @@ def force_cmd(
     Example: memtrace report force out/force/trace.txt --truth out/force/truth.json
     """
     from memtrace.analyses import force as fa
+    from memtrace.analyses.charges import stream_charge_tables
     from memtrace.render import force as render
-    from memtrace.sources.trace import load_trace
+    from memtrace.sources.trace import iter_trace
     from memtrace.tables.lab_truth import load_truth
 
     _check_plot(plot, None if truth is not None else "--truth (memory.current per step)")
-    events, _ = load_trace(str(capture))
     tt = load_truth(truth) if truth is not None else None
+    # read in frames: only the charge tables are kept (a real host's capture outgrows memory)
+    events = stream_charge_tables(iter_trace(str(capture)))
     forced = fa.forced_charges(events)
     refusals = fa.has_refusal_probes(events)
     refused = fa.refused_charges(events) if refusals else None
@@ -289,10 +291,11 @@ def recharge_cmd(
     tt = load_truth(truth)
     events = None
     if capture is not None:
+        from memtrace.analyses.charges import stream_charge_tables
         from memtrace.analyses.force import check_same_run
-        from memtrace.sources.trace import load_trace
+        from memtrace.sources.trace import iter_trace
 
-        events, _ = load_trace(str(capture))
+        events = stream_charge_tables(iter_trace(str(capture)))
         check_same_run(events, tt, str(capture), str(truth))
     summary, steps = ra.effects(tt, old, new, events, from_step, to_step)
     if output is not None:

@@ -52,6 +52,36 @@ def load_trace(path: str, *, kprobe_groups: dict[str, str] | None = None) -> tup
     return check_events(conform_events(df)), st
 
 
+def iter_trace(path: str, *, kprobe_groups: dict[str, str] | None = None, frame_bytes: int | None = None,
+               stats: IngestStats | None = None):
+    """Any supported capture as event tables in capture order, each indexed by its rows'
+    positions in the whole capture: ftrace text in frames of about ``frame_bytes`` of text
+    (memory: one frame), the other formats whole (one frame; perfetto and trace.dat are
+    decoded by libraries that read the whole file). ``stats`` (an IngestStats) accumulates
+    what was read."""
+    if not os.path.exists(path):
+        raise InputError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise InputError(f"{path}: is a directory, not a trace file")
+    fmt = detect.sniff_file(path)
+    sidecar, sidecar_warning = _sidecar_kprobe_groups(path)
+    groups = {**sidecar, **(kprobe_groups or {})}
+    st = stats if stats is not None else IngestStats()
+    if fmt in (detect.PERFETTO, detect.TRACE_DAT, detect.TRACECMD_REPORT):
+        df, one = _load(path, fmt, groups)
+        for k, v in vars(one).items():
+            setattr(st, k, v)
+        frames = [df]
+    else:
+        from memtrace.sources.trace.ftrace_text import FRAME_BYTES, iter_ftrace_text
+
+        frames = iter_ftrace_text(path, kprobe_groups=groups, frame_bytes=frame_bytes or FRAME_BYTES, stats=st)
+    for df in frames:
+        yield check_events(conform_events(df))
+    if sidecar_warning:
+        st.warn(sidecar_warning)
+
+
 def _load(path: str, fmt: str, groups: dict[str, str]) -> tuple[pd.DataFrame, IngestStats]:
     if fmt == detect.PERFETTO:
         from memtrace.sources.trace.perfetto import load_perfetto
@@ -72,4 +102,4 @@ def _load(path: str, fmt: str, groups: dict[str, str]) -> tuple[pd.DataFrame, In
     return df, st
 
 
-__all__ = ["load_trace", "IngestStats"]
+__all__ = ["load_trace", "iter_trace", "IngestStats"]

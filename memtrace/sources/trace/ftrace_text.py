@@ -687,4 +687,77 @@ def load_ftrace_text(path: str, *, kprobe_groups=None, fmt: str = "ftrace-text",
     return df, st
 
 
-__all__ = ["parse_ftrace_text", "load_ftrace_text", "canonical_event", "kprobe_groups_from_defs", "empty_events"]
+#: text read into one frame when a capture is read in chunks: about 0.5M events, 70 MB of frame
+FRAME_BYTES = 64 << 20
+
+
+def iter_ftrace_text(path: str, *, kprobe_groups=None, fmt: str = "ftrace-text", frame_bytes: int = FRAME_BYTES,
+                     stats: IngestStats | None = None):
+    """The event table of an ftrace text capture in frames of about ``frame_bytes`` of text
+    each, in file order; each frame's index numbers its rows within the whole capture. The
+    statistics accumulate in ``stats`` (an IngestStats; its warnings complete after the last
+    frame). Same errors as ``load_ftrace_text``."""
+    from memtrace.sources.trace.capture import apply_capture_summary, capture_kprobe_groups, read_capture_header
+
+    st = stats if stats is not None else IngestStats(path=path, format=fmt)
+    st.path, st.format = path, fmt
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise InputError(f"{path}: cannot read: {e.strerror or e}") from None
+    with f:
+        cap = read_capture_header(f.read(1 << 16))
+        f.seek(0)
+        if cap:
+            kprobe_groups = {**capture_kprobe_groups(cap), **(kprobe_groups or {})}
+        chunks = _file_chunks(f, CHUNK_BYTES)
+        first, row0 = True, 0
+        done = False
+        while not done:
+            taken = 0
+
+            def part():
+                nonlocal taken, done
+                for item in chunks:
+                    yield item
+                    if item[0] == "lines":
+                        taken += item[3]
+                        if taken >= frame_bytes:
+                            return
+                done = True
+
+            one = IngestStats(path=path, format=fmt)
+            try:
+                frame, _ = _run(part(), path=path, fmt=fmt, kprobe_groups=kprobe_groups, stats=one)
+            except InputError:
+                if first:
+                    raise
+                _merge_stats(st, one)
+                break  # the rest of the file had no event line (its lines were counted)
+            except OSError as e:
+                raise InputError(f"{path}: cannot read: {e.strerror or e}") from None
+            _merge_stats(st, one)
+            first = False
+            frame.index = pd.RangeIndex(row0, row0 + len(frame))
+            row0 += len(frame)
+            yield frame
+    if cap:
+        apply_capture_summary(st, cap)
+
+
+def _merge_stats(total: IngestStats, one: IngestStats) -> None:
+    """Add one frame's statistics to the capture's."""
+    for k in ("lines_read", "packets_read", "events_parsed", "unknown_events", "malformed", "values_out_of_range",
+              "lost_events", "lost_event_flags", "probe_misses"):
+        setattr(total, k, getattr(total, k) + getattr(one, k))
+    total.truncated = total.truncated or one.truncated
+    if one.unknown_event_names:
+        names = total.unknown_event_names = dict(total.unknown_event_names or {})
+        for n, c in one.unknown_event_names.items():
+            names[n] = names.get(n, 0) + c
+    for w in one.warnings or []:
+        if w not in (total.warnings or []):
+            total.warn(w)
+
+
+__all__ = ["parse_ftrace_text", "load_ftrace_text", "iter_ftrace_text", "canonical_event", "kprobe_groups_from_defs", "empty_events"]
