@@ -73,7 +73,10 @@ def test_restart_kernels_what_changed(restart):
     rows = restart.rows
     crossed = rows[rows["crossed"]]
     assert set(zip(crossed["entity"], crossed["name"], crossed["metric"])) == {
-        ("map", "/sys/fs/bpf/hash_prealloc", "memlock_bytes"), ("map", "/sys/fs/bpf/ringbuf", "memlock_bytes")}
+        ("map", "/sys/fs/bpf/hash_prealloc", "memlock_bytes"), ("map", "/sys/fs/bpf/lru_hash", "memlock_bytes"),
+        ("map", "/sys/fs/bpf/ringbuf", "memlock_bytes")}
+    r = _row(rows, name="/sys/fs/bpf/lru_hash", metric="memlock_bytes")
+    assert (r["base"], r["new"]) == (430_080, 592_064)
     r = _row(rows, name="/sys/fs/bpf/hash_prealloc", metric="memlock_bytes")
     assert (r["base"], r["new"]) == (462_848, 788_208)
     r = _row(rows, name="/sys/fs/bpf/ringbuf", metric="memlock_bytes")
@@ -85,7 +88,7 @@ def test_restart_kernels_what_changed(restart):
     # changed rows come first: every crossed row precedes every unchanged one
     assert rows["crossed"].iloc[: len(crossed)].all()
     assert rows.index[rows["status"].ne("same")].max() < rows.index[rows["status"].eq("same")].min()
-    assert not restart.passed and restart.verdict().startswith("FAIL: 2 row(s)")
+    assert not restart.passed and restart.verdict().startswith("FAIL: 3 row(s)")
 
 
 def test_restart_cli_exit_1_and_markdown(restart):
@@ -93,11 +96,11 @@ def test_restart_cli_exit_1_and_markdown(restart):
     assert r.returncode == 1, r.stderr
     md = r.stdout
     first = md.splitlines()[0]
-    assert first.startswith("### ❌ memtrace diff: FAIL: 2 row(s) cross their rules")
+    assert first.startswith("### ❌ memtrace diff: FAIL: 3 row(s) cross their rules")
     table = [ln for ln in md.splitlines() if ln.startswith("| ")]
     assert table[0].startswith("| | facet | entity | name")
     # the crossed rows first, then the other changed rows
-    assert "hash_prealloc" in table[1] and "ringbuf" in table[2] and table[1].startswith("| ❌")
+    assert "hash_prealloc" in table[1] and "lru_hash" in table[2] and "ringbuf" in table[3] and table[3].startswith("| ❌")
     assert not ADDRESS.search(md), ADDRESS.search(md)
 
 
@@ -106,7 +109,7 @@ def test_restart_json_envelope():
     assert r.returncode == 1, r.stderr
     doc = json.loads(r.stdout)
     assert doc["schema"] == "memtrace.diff/1"
-    assert doc["verdict"]["passed"] is False and doc["verdict"]["crossed"] == 2
+    assert doc["verdict"]["passed"] is False and doc["verdict"]["crossed"] == 3
     assert doc["base"]["kernel"] == "6.1.0-56-cloud-amd64" and doc["new"]["kernel"].startswith("6.12.117")
     assert set(doc["rows"][0]) == set(DIFF_COLUMN_NAMES)
     assert doc["unmatched"] == [] and len(doc["maps"]) == 15
@@ -280,8 +283,9 @@ def test_the_last_matching_rule_decides():
     assert rule_for(rules, "capture", "memcg", "/pod/gen1", "create-array", "net_bytes").text == "r.toml:1"
 
 
-def test_the_default_rules_parse_and_say_they_are_to_be_calibrated():
-    assert "TO BE CALIBRATED" in default_rules_text()
+def test_the_default_rules_parse_and_name_the_noise_they_were_calibrated_on():
+    text = default_rules_text()
+    assert "bench/diff-noise.json" in text and "TO BE CALIBRATED" not in text
     rules = default_rules()
     assert rule_for(rules, "capture", "memcg", "/pod", "x", "net_bytes").judge(0, 4096) is None
 
