@@ -413,3 +413,28 @@ def test_matplotlib_is_imported_only_for_plot(tmp_path):
         r = subprocess.run([sys.executable, "-c", _LAZY, *args, *extra], capture_output=True, text=True, cwd=ROOT, timeout=120)
         assert r.returncode == 0, r.stderr
         assert r.stdout.strip().splitlines()[-1] == loaded
+
+
+def test_diff_plot_draws_the_diffs_json_rows(tmp_path):
+    """`memtrace diff --plot`: the memcg rows of the diff's own JSON (memory.current per step of
+    the committed restart fixtures of both kernels), rows no rule watches left out."""
+    from memtrace.diffing import diff_inputs
+    from memtrace.render.plots import diff_series, plot_diff
+
+    png = tmp_path / "d.png"
+    r = subprocess.run([sys.executable, "-m", "memtrace", "diff", str(LAB / "restart-6.1"), str(LAB / "restart-6.12"),
+                        "--json", "--plot", str(png)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and png.read_bytes().startswith(PNG), r.stderr
+    rows = [x for x in json.loads(r.stdout)["rows"] if x["entity"] == "memcg" and x["metric"] == "memory_current_bytes"]
+    watched = [x for x in rows if x["watched"]]
+    assert {x["name"] for x in rows} - {x["name"] for x in watched} == {"/memtrace-settle"}
+    left, right = plot_diff(*diff_series(diff_inputs(LAB / "restart-6.1", LAB / "restart-6.12").rows)[:2]).axes
+    unit = _unit(left.get_ylabel())
+    steps = [t.get_text() for t in left.get_xticklabels()]
+    assert steps[0] == "start" and steps[-1] == "gen2-updated"
+    for ax, side in ((left, "base"), (right, "new")):
+        assert _gids(ax) == {f"{side}:{p}" for p in ("/pod", "/pod/gen1", "/pod/gen2")}
+        for p in ("/pod", "/pod/gen1", "/pod/gen2"):
+            want = {x["step"]: x[side] for x in watched if x["name"] == p}
+            got = _bytes(_artist(ax, f"{side}:{p}").get_ydata(), unit)
+            assert got == [want.get(s) for s in steps], (side, p)

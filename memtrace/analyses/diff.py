@@ -505,6 +505,7 @@ def compare(base: DiffInput, new: DiffInput, rules: list[Rule]) -> DiffResult:
     m["base"] = m["base"].astype("Int64").where(m["_merge"].ne("right_only"), pd.NA)
     m["new"] = m["new"].astype("Int64").where(m["_merge"].ne("left_only"), pd.NA)
     m["order"] = m["order_b"].fillna(m["order_n"]).fillna(0).astype("int64")
+    m["step_order"] = m["order"]
     m["delta"] = (m["new"].fillna(0) - m["base"].fillna(0)).astype("Int64")
     base_abs = m["base"].abs().astype("Float64")
     m["delta_pct"] = (100 * m["delta"].astype("Float64") / base_abs.where(base_abs > 0)).astype("Float64")
@@ -529,6 +530,7 @@ def compare(base: DiffInput, new: DiffInput, rules: list[Rule]) -> DiffResult:
         reason.append(why)
     m["rule"] = pd.array(rule_txt, dtype="string")
     m["crossed"] = np.asarray(crossed, dtype=bool)
+    m["watched"] = ~np.asarray(exempt, dtype=bool)
     m["reason"] = pd.array(reason, dtype="string")
     facet_order = {"truth": 0, "capture": 1, "snapshot": 2}
     ent_order = {"run": 0, "memcg": 1, "map": 2, "event": 3}

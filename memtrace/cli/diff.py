@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from memtrace.cli.app import app, err, out
+from memtrace.cli.snapshot import PLOT
 from memtrace.errors import EXIT_FINDING
 
 
@@ -34,6 +35,7 @@ def diff_cmd(
     base_vmlinux: Optional[Path] = typer.Option(None, "--base-vmlinux", metavar="FILE", help="vmlinux for BASE's vmcore (another kernel than NEW's)."),
     new_vmlinux: Optional[Path] = typer.Option(None, "--new-vmlinux", metavar="FILE", help="vmlinux for NEW's vmcore."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", metavar="FILE.parquet", help="Write the diff table as Parquet (atomically)."),
+    plot: Optional[Path] = PLOT,
 ) -> None:
     """Compare two inputs per memcg, map, event kind and step, and check the changes against rules; exit 1 when a rule is crossed.
 
@@ -47,6 +49,10 @@ def diff_cmd(
     from memtrace.diffing import diff_inputs
     from memtrace.render import diff as render
 
+    if plot is not None:
+        from memtrace.render.plots import check_plot_path
+
+        check_plot_path(plot)
     rules = [] if (no_defaults or rules_file) else default_rules()
     for f in rules_file or []:
         rules += load_rules(f)
@@ -59,6 +65,18 @@ def diff_cmd(
         write_parquet(result.rows, output, {"schema": "memtrace.diff/1", "base": result.base, "new": result.new,
                                             "verdict": result.verdict()}, meta_key="memtrace.diff")
         err.print(f"memtrace: wrote {len(result.rows)} rows to {output}", markup=False)
+    if plot is not None:
+        from memtrace.render.plots import diff_series, plot_diff
+
+        try:
+            b, n, ylabel = diff_series(result.rows)
+        except ValueError as e:
+            from memtrace.errors import InputError
+
+            raise InputError(f"--plot: {e}") from None
+        plot_diff(b, n, plot, base_title=f"base: {base.name}", new_title=f"new: {new.name}", ylabel=ylabel,
+                  title=result.verdict().split(",")[0])
+        err.print(f"wrote {plot}", markup=False)
     if json_out:
         out.print(render.json_envelope(result), markup=False, soft_wrap=True)
     elif fmt == Format.markdown:

@@ -347,6 +347,37 @@ def truth_series(truth: pd.DataFrame, paths=None) -> pd.DataFrame:
                          "bytes": t["memory_current_bytes"].astype("int64").to_numpy()})
 
 
+#: which diff rows a diff plot draws, first found wins: memory.current per step (truth), the
+#: net page-counter movement per step (capture), BPF bytes per memcg (snapshot)
+DIFF_PLOT_METRICS = (("truth", "memory_current_bytes", "memory.current"), ("capture", "net_bytes", "net charged"),
+                     ("snapshot", "bpf_bytes", "BPF bytes"))
+
+
+def diff_series(rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    """(base series, new series, y label) for :func:`plot_diff` from a diff table
+    (``memtrace.diffing`` rows): the memcg rows of the first metric of ``DIFF_PLOT_METRICS``
+    the table has, rows no rule watches (``off``: the root, the lab's settle cgroup) left out;
+    ``x`` is the step (``snapshot`` for a snapshot), a side without the row has no point."""
+    m = rows[rows["entity"].astype(str).eq("memcg")]
+    for facet, metric, ylabel in DIFF_PLOT_METRICS:
+        sel = m[m["facet"].astype(str).eq(facet) & m["metric"].astype(str).eq(metric)]
+        sel = sel[sel["watched"].to_numpy(dtype=bool)]
+        if len(sel):
+            break
+    else:
+        raise ValueError("the diff has no memcg rows to plot (memory.current, net charged bytes or BPF bytes)")
+    sel = sel.sort_values(["step_order", "name"], kind="stable")
+    x = sel["step"].astype(str).where(sel["step"].astype(str) != "", "snapshot")
+
+    def side(col: str) -> pd.DataFrame:
+        v = sel[col]
+        keep = v.notna().to_numpy()
+        return pd.DataFrame({"x": x[keep].to_numpy(), "label": sel["name"].astype(str)[keep].to_numpy(),
+                             "bytes": v[keep].astype("int64").to_numpy()})
+
+    return side("base"), side("new"), ylabel
+
+
 def plot_diff(base_series: pd.DataFrame, new_series: pd.DataFrame, path=None, *, base_title: str = "base",
               new_title: str = "new", ylabel: str = "memory.current", title: str | None = None):
     """Base and new side by side, on one shared y axis; returns the Figure (and writes it to

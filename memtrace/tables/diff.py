@@ -26,6 +26,7 @@ DIFF_COLUMNS: tuple[Column, ...] = (
     Column("entity", "string", "", False, "`memcg`, `map`, `event` (an event kind) or `run` (the whole capture)"),
     Column("name", "string", "", False, "the matched key: memcg path; map pin, else name, else `type#k`; event kind (`group:name`); '' for `run`"),
     Column("step", "string", "", False, "step (marker) name, `#k` added to the k-th repeat of a name; '' = the whole input (snapshots, captures without markers)"),
+    Column("step_order", "int64", "", False, "the step's position in its run (BASE's, else NEW's): steps sort by it"),
     Column("metric", "string", "", False, "what is compared; its unit is the end of its name (see docs/diff.md)"),
     Column("base", "Int64", "metric", True, "BASE's value; null when BASE has no such row"),
     Column("new", "Int64", "metric", True, "NEW's value; null when NEW has no such row"),
@@ -34,6 +35,7 @@ DIFF_COLUMNS: tuple[Column, ...] = (
     Column("status", "string", "", False, "`same`, `changed`, `added` (only in NEW), `removed` (only in BASE)"),
     Column("rule", "string", "", True, "the rule that decided the row (last matching rule), as written; null: none"),
     Column("crossed", "bool", "", False, "the row crosses its rule's limits"),
+    Column("watched", "bool", "", False, "a rule with limits applies (false: no rule, or its limits are `off`)"),
     Column("reason", "string", "", True, "why it crossed, e.g. `+70 KiB > 64 KiB and +9.1% > 5%`"),
 )
 
