@@ -32,7 +32,7 @@ from memtrace.analyses.charges import (
     TRY,
     TRY_RET,
     _ancestors,
-    _short,
+    _event_names,
     page_counter_movements,
     step_markers,
 )
@@ -59,7 +59,7 @@ def capture_span(events: pd.DataFrame) -> tuple[int, int]:
 
 
 def has_markers(events: pd.DataFrame) -> bool:
-    return bool(events["event"].astype(str).eq(MARKER_EVENT).any())
+    return MARKER_EVENT in _event_names(events)  # on the categories, not on every row
 
 
 def _paths(events: pd.DataFrame, truth: pd.DataFrame | None) -> pd.DataFrame:
@@ -191,9 +191,10 @@ def charge_instants(events: pd.DataFrame, path_of: dict[int, str] | None = None,
     ``forced``: ``force.forced_charges(events)`` when already at hand (``memcg_counters``'
     tracks carry it in ``attrs["forced"]``)."""
     path_of = path_of or {}
-    ev = events.reset_index(drop=True)
+    ev = events if isinstance(events.index, pd.RangeIndex) and events.index.start == 0 and events.index.step == 1 \
+        else events.reset_index(drop=True)
     f = (forced if forced is not None else forced_charges(ev)).assign(kind="forced", gfp=pd.NA)
-    short = set(_short(ev["event"]).unique())
+    short = {e.rsplit(":", 1)[-1] for e in _event_names(ev)}  # the distinct names, not every row's
     recorded = {TRY, TRY_RET} <= short
     parts = [f]
     if recorded:
@@ -204,8 +205,10 @@ def charge_instants(events: pd.DataFrame, path_of: dict[int, str] | None = None,
     both = both.sort_values(["ts_ns", "row"], kind="stable").reset_index(drop=True)
     both["map_id"] = ev["map_id"].iloc[both["row"].to_numpy()].to_numpy() if len(both) else pd.array([], dtype="UInt32")
     both["map_id"] = both["map_id"].astype("UInt32")
-    both["path"] = pd.array([path_of.get(int(c)) if not pd.isna(c) else None for c in both["cgroup_id"]],
-                            dtype="string")
+    # path per distinct cgroup, then per row
+    codes, uniq = pd.factorize(both["cgroup_id"], use_na_sentinel=True)
+    paths = np.array([path_of.get(int(c)) for c in uniq] + [None], dtype=object)
+    both["path"] = pd.array(paths[codes], dtype="string")
     both = both.astype({"ts_ns": "int64", "row": "int64", "kind": "string"})[list(INSTANT_COLUMNS)]
     both.attrs["refusals_recorded"] = recorded
     return both
