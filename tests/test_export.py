@@ -309,3 +309,78 @@ def test_forced_rows_taken_from_the_movements_equal_force_reports(kernel):
     _, tracks = tl.memcg_counters(events)
     pd.testing.assert_frame_equal(tracks.attrs["forced"], forced_charges(events))
     pd.testing.assert_frame_equal(tl.charge_instants(events, {}, tracks.attrs["forced"]), tl.charge_instants(events))
+
+
+# -- the wire encoder against the object-built packets -----------------------------------------
+
+
+def _export_inputs(capture: str, truth: str | None, map_ids: bool = False):
+    from memtrace.analyses import timeline as tl
+
+    events, _ = load_trace(str(CAPTURES / capture))
+    if map_ids:  # as in test_map_tracks_from_events_that_carry_a_map_id
+        forced = events["event"].astype(str).str.endswith("force_charge")
+        events["map_id"] = pd.array([7 if f else None for f in forced], dtype="UInt32")
+    tt = load_truth(CAPTURES / truth) if truth else None
+    series, tracks = tl.memcg_counters(events, tt)
+    path_of = {int(c): str(p) for c, p in zip(tracks["cgroup_id"], tracks["path"]) if not pd.isna(p)}
+    return (series, tracks, tl.charge_instants(events, path_of, tracks.attrs.get("forced")), tl.step_slices(events),
+            tl.map_events(events), tl.capture_span(events)[0])
+
+
+@pytest.mark.parametrize("truth,map_ids", [("force-6.12.truth.json", False), (None, True)], ids=["truth", "map-ids"])
+def test_wire_encoder_writes_the_packets_the_objects_build(tmp_path, truth, map_ids):
+    """The counter values, instants and slices encoded as wire bytes with array operations
+    (the default) decode, packet for packet, to the TracePackets the object-built path writes,
+    on the real 6.12 force capture: with its truth (every counter, forced instant and step)
+    and without it, with map ids on the force rows (the map instants and int annotations)."""
+    from perfetto.protos.perfetto.trace.perfetto_trace_pb2 import Trace
+
+    from memtrace.render.perfetto_export import write_trace
+
+    args = _export_inputs("force-6.12.page_counter.txt", truth, map_ids)
+    got = {}
+    for enc in ("wire", "objects"):
+        counts = write_trace(tmp_path / f"{enc}.pftrace", *args, encoder=enc)
+        t = Trace()
+        t.ParseFromString((tmp_path / f"{enc}.pftrace").read_bytes())
+        got[enc] = (counts, list(t.packet))
+    (cw, pw), (co, po) = got["wire"], got["objects"]
+    assert cw == co
+    assert len(pw) == len(po) == cw["tracks"] + cw["counters"] + cw["instants"] + 2 * cw["slices"] + cw["map_instants"]
+    assert cw["counters"] > 200 and cw["instants"] == 53 and cw["slices"] == 5
+    assert cw["map_instants"] == (53 if map_ids else 0)
+    for i, (a, b) in enumerate(zip(pw, po)):
+        assert a == b, (i, a, b)
+    assert pw[0].sequence_flags and not any(p.sequence_flags for p in pw[1:])
+
+
+def test_a_failed_wire_encoding_leaves_the_old_file(tmp_path, monkeypatch):
+    """As test_a_failed_export_leaves_the_old_file, failing in the wire encoder after chunks of
+    encoded packets were written."""
+    from memtrace.render import perfetto_export as pe
+
+    dest = tmp_path / "t.pftrace"
+    dest.write_bytes(b"the old trace")
+    args = _export_inputs("force-6.1.page_counter.txt", None)
+    monkeypatch.setattr(pe, "CHUNK", 50)
+    calls = {"n": 0, "written": 0}
+    real_bytes, real_flush = pe._Rows.tobytes, pe._Writer.flush
+
+    def failing(self):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real_bytes(self)
+
+    def flush(self):
+        calls["written"] += 1
+        return real_flush(self)
+
+    monkeypatch.setattr(pe._Rows, "tobytes", failing)
+    monkeypatch.setattr(pe._Writer, "flush", flush)
+    with pytest.raises(KeyboardInterrupt):
+        pe.write_trace(dest, *args)
+    assert calls["written"] >= 2  # chunks had been written to the temporary file
+    assert dest.read_bytes() == b"the old trace"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.pftrace"]
