@@ -20,6 +20,8 @@ FROM_FILE = typer.Option(None, "--from", metavar="FILE", help="Load a snapshot f
 VMLINUX = typer.Option(None, "--vmlinux", metavar="FILE", help="vmlinux with debug info (checked against the kernel's build id); default: drgn's search.")
 #: --plot, on snapshot and every report (memtrace.render.plots; docs/plots.md)
 PLOT = typer.Option(None, "--plot", metavar="FILE.png|FILE.svg", help="Also draw the result as a PNG or SVG picture (docs/plots.md).")
+#: --redact, on snapshot and every report that reads a snapshot (memtrace.tables.redact; docs/redact.md)
+REDACT = typer.Option(False, "--redact", help="Replace every kernel address (they reveal the KASLR base) by a stable token kaddr-N, the same address the same token, in the JSON and the -o file (docs/redact.md).")
 
 
 @app.command("snapshot")
@@ -34,8 +36,11 @@ def snapshot_cmd(
     output: Optional[Path] = typer.Option(
         None, "--output", "-o", metavar="FILE", help="Write the snapshot file (zip: header.json + Parquet tables)."),
     plot: Optional[Path] = PLOT,
+    redact: bool = REDACT,
 ) -> None:
     """Every BPF map, its owner memcg and that memcg's state, and its memory attributed page by page and object by object to the memcgs actually charged.
+
+    The JSON holds raw kernel addresses (they reveal the KASLR base); --redact replaces them with stable tokens.
 
     Exit status: 0 ok (also when there are no BPF maps: a note goes to stderr), 2 bad input (missing or mismatched vmlinux, truncated vmcore), 3 environment (not root for --live, QMP socket refused), 5 the walk was incomplete (faults on a live kernel).
 
@@ -48,7 +53,7 @@ def snapshot_cmd(
         from memtrace.render.plots import check_plot_path
 
         check_plot_path(plot)
-    snap = snapshot_from_options(live=live, vmcore=vmcore, qmp=qmp, from_file=from_file, vmlinux=vmlinux)
+    snap = snapshot_from_options(live=live, vmcore=vmcore, qmp=qmp, from_file=from_file, vmlinux=vmlinux, redact=redact)
     if output is not None:
         from memtrace.tables.snapshot_file import save
 
@@ -70,7 +75,9 @@ def snapshot_cmd(
     for n in h.get("notes", []):
         err.print(f"memtrace: note: {n}", markup=False)
     if json_out:
-        out.print(json_envelope(snap), markup=False, highlight=False, soft_wrap=True)
+        from memtrace.tables.redact import for_json
+
+        out.print(json_envelope(for_json(snap)), markup=False, highlight=False, soft_wrap=True)
     else:
         out.print(maps_table(snap))
         out.print(memcgs_table(snap))
@@ -83,9 +90,10 @@ def snapshot_cmd(
         raise typer.Exit(EXIT_INCOMPLETE)
 
 
-def snapshot_from_options(*, live, vmcore, qmp, from_file, vmlinux):
+def snapshot_from_options(*, live, vmcore, qmp, from_file, vmlinux, redact=False):
     """The snapshot the source options name (exactly one of them): a kernel walked now, or a
-    snapshot file. Shared by ``snapshot`` and every report that takes a snapshot source."""
+    snapshot file. Shared by ``snapshot`` and every report that takes a snapshot source.
+    ``redact``: its kernel addresses replaced by tokens (memtrace.tables.redact)."""
     from memtrace.errors import InputError
 
     chosen = [n for n, v in (("--live", live), ("--vmcore", vmcore), ("--qmp", qmp), ("--from", from_file)) if v]
@@ -94,8 +102,14 @@ def snapshot_from_options(*, live, vmcore, qmp, from_file, vmlinux):
     if from_file is not None:
         from memtrace.tables.snapshot_file import load
 
-        return load(from_file)
-    return _take(live=live, vmcore=vmcore, qmp=qmp, vmlinux=vmlinux)
+        snap = load(from_file)
+    else:
+        snap = _take(live=live, vmcore=vmcore, qmp=qmp, vmlinux=vmlinux)
+    if redact:
+        from memtrace.tables.redact import redact as redact_snapshot
+
+        snap = redact_snapshot(snap)
+    return snap
 
 
 def _take(*, live, vmcore, qmp, vmlinux):

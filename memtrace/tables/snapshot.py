@@ -125,6 +125,13 @@ MEMCGS = [
 
 TABLES: dict[str, list[Column]] = {"maps": MAPS, "allocations": ALLOCATIONS, "memcgs": MEMCGS}
 
+#: The kernel addresses of each table: every column declared with unit ``address`` above (the
+#: one place they are listed). They reveal the KASLR base; ``memtrace.tables.redact`` turns
+#: them into tokens for ``--redact``. A new pointer column must be declared with that unit.
+ADDRESS_COLUMNS: dict[str, frozenset[str]] = {
+    t: frozenset(c.name for c in cols if c.unit == "address") for t, cols in TABLES.items()
+}
+
 
 def empty(table: str) -> pd.DataFrame:
     cols = TABLES[table]
