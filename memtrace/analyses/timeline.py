@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from memtrace.analyses.charges import (
+    FORCE,
     MARKER_EVENT,
     TRY,
     TRY_RET,
@@ -98,11 +99,11 @@ def memcg_counters(events: pd.DataFrame, truth: pd.DataFrame | None = None) -> t
     attrs["forced"] = _forced(events, mv)
     no_cg = mv["cgroup_id"].isna().to_numpy()
     attrs["movements_without_cgroup"] = int(no_cg.sum())
-    mv = mv[~no_cg]
-    src = mv["cgroup_id"].astype("int64").to_numpy()
-    rows = mv["row"].to_numpy()
-    ts = mv["ts_ns"].to_numpy()
-    delta = mv["signed_pages"].to_numpy().astype(np.int64) * PAGE_SIZE
+    has_cg = ~no_cg  # the columns needed, not a copy of the whole table
+    src = mv["cgroup_id"].to_numpy(dtype=np.uint64, na_value=0)[has_cg].astype(np.int64)
+    rows = mv["row"].to_numpy()[has_cg]
+    ts = mv["ts_ns"].to_numpy()[has_cg]
+    delta = mv["signed_pages"].to_numpy().astype(np.int64)[has_cg] * PAGE_SIZE
 
     paths = _paths(events, truth)
     chain, path_of = _ancestors(paths) if len(paths) else ({}, {})
@@ -116,9 +117,19 @@ def memcg_counters(events: pd.DataFrame, truth: pd.DataFrame | None = None) -> t
     idx = np.repeat(np.arange(len(src)), n_each)
     off = np.arange(len(idx)) - np.repeat(np.cumsum(n_each) - n_each, n_each)
     target = flat[starts[inv][idx] + off] if len(idx) else np.zeros(0, np.int64)
-    x = pd.DataFrame({"ts_ns": ts[idx], "row": rows[idx], "cgroup_id": target, "delta_bytes": delta[idx]})
-    x = x.sort_values(["cgroup_id", "row"], kind="stable").reset_index(drop=True)
-    cum = x.groupby("cgroup_id", sort=False)["delta_bytes"].cumsum().to_numpy()
+    # one row per (movement, memcg): sorted by memcg then capture row, in groups of one memcg
+    order = np.lexsort((rows[idx], target))  # stable
+    cg, xrow, xts, xd = target[order], rows[idx][order], ts[idx][order], delta[idx][order]
+    n = len(cg)
+    new_group = np.ones(n, dtype=bool)
+    if n > 1:
+        new_group[1:] = cg[1:] != cg[:-1]
+    gstart = np.flatnonzero(new_group)
+    gid = np.cumsum(new_group) - 1
+    gcg = cg[gstart]  # each group's memcg, ascending
+    gsize = np.diff(np.append(gstart, n))
+    csum = np.cumsum(xd)
+    cum = csum - (csum[gstart] - xd[gstart])[gid] if n else csum  # running sum within each memcg
 
     # anchors: memory.current at the first marker that is a step of the truth
     anchor_of: dict[int, tuple[str, int | None, int, int]] = {}  # cgid -> (kind, step, bytes, offset)
@@ -133,33 +144,35 @@ def memcg_counters(events: pd.DataFrame, truth: pd.DataFrame | None = None) -> t
         at = truth[truth["step"].eq(first_step)]
         cur0 = {int(c): v for c, v in zip(at["cgroup_id"], at["memory_current_bytes"])}
         ever = {int(c): v for c, v in truth[["cgroup_id", "memory_current_bytes"]].dropna().itertuples(index=False)}
-        before = x["row"].to_numpy() < first_row
-        offset = pd.Series(np.where(before, x["delta_bytes"].to_numpy(), 0)).groupby(x["cgroup_id"].to_numpy()).sum()
-        for cid in set(x["cgroup_id"].unique()) | set(int(c) for c in truth["cgroup_id"].unique()):
+        # each memcg's movements before the first marker (exact int64 sums per group)
+        before = np.add.reduceat(np.where(xrow < first_row, xd, 0), gstart) if n else np.zeros(0, np.int64)
+        offset = dict(zip(gcg.tolist(), before.tolist()))
+        for cid in set(gcg.tolist()) | set(int(c) for c in truth["cgroup_id"].unique()):
             cid = int(cid)
             off_b = int(offset.get(cid, 0))
             if cid in cur0 and not pd.isna(cur0[cid]):
                 anchor_of[cid] = (ANCHOR_TRUTH, first_step, int(cur0[cid]), off_b)
             elif cid not in cur0 and cid in ever:
                 anchor_of[cid] = (ANCHOR_CREATED, first_step, 0, off_b)
-    base = np.array([anchor_of[c][2] - anchor_of[c][3] if c in anchor_of else 0 for c in x["cgroup_id"].unique()],
+    base = np.array([anchor_of[c][2] - anchor_of[c][3] if c in anchor_of else 0 for c in gcg.tolist()],
                     dtype=np.int64)
-    start_of = dict(zip(x["cgroup_id"].unique().tolist(), base.tolist()))
-    x["value_bytes"] = cum + x["cgroup_id"].map(start_of).to_numpy(dtype=np.int64)
-    counts = x.groupby("cgroup_id", sort=False).size()
+    value = cum + base[gid] if n else cum
+    counts = dict(zip(gcg.tolist(), gsize.tolist()))
     # merge consecutive movements of one memcg at one timestamp: only the value after the last shows
-    cg, tsx = x["cgroup_id"].to_numpy(), x["ts_ns"].to_numpy()
-    same_next = np.zeros(len(x), dtype=bool)
-    if len(x) > 1:
-        same_next[:-1] = (cg[1:] == cg[:-1]) & (tsx[1:] == tsx[:-1])
-    run = np.concatenate([[0], np.cumsum(~same_next[:-1])]) if len(x) else np.zeros(0, np.int64)
-    merged_delta = x["delta_bytes"].groupby(run).transform("sum").to_numpy()
-    series = x.assign(delta_bytes=merged_delta)[~same_next].reset_index(drop=True)
-    series = series.astype({"ts_ns": "int64", "row": "int64", "cgroup_id": "UInt64", "delta_bytes": "int64",
-                            "value_bytes": "int64"})[list(SERIES_COLUMNS)]
+    same_next = np.zeros(n, dtype=bool)
+    if n > 1:
+        same_next[:-1] = (cg[1:] == cg[:-1]) & (xts[1:] == xts[:-1])
+    last = np.flatnonzero(~same_next)  # each run's last row
+    run_start = np.concatenate([[0], last[:-1] + 1]) if n else last
+    merged = np.add.reduceat(xd, run_start) if n else xd
+    series = pd.DataFrame({"ts_ns": xts[last].astype(np.int64), "row": xrow[last].astype(np.int64),
+                           "cgroup_id": pd.array(cg[last].astype(np.uint64), dtype="UInt64"),
+                           "delta_bytes": merged.astype(np.int64), "value_bytes": value[last].astype(np.int64)},
+                          columns=list(SERIES_COLUMNS))
 
-    ids = sorted(set(int(c) for c in x["cgroup_id"].unique()) | set(anchor_of))
-    end_of = series.groupby(series["cgroup_id"].astype("int64"))["value_bytes"].last().to_dict()
+    ids = sorted(set(gcg.tolist()) | set(anchor_of))
+    # a group's last row is never merged away: its value is the series' last of that memcg
+    end_of = dict(zip(gcg.tolist(), value[np.append(gstart[1:], n) - 1].tolist())) if n else {}
     recs = []
     for cid in ids:
         kind, step, ab, off_b = anchor_of.get(cid, (ANCHOR_NONE, None, 0, 0))
@@ -177,7 +190,11 @@ def memcg_counters(events: pd.DataFrame, truth: pd.DataFrame | None = None) -> t
 
 
 def _forced(events: pd.DataFrame, mv: pd.DataFrame) -> pd.DataFrame:
-    """``force.forced_charges`` from movements already computed (the same rows and columns)."""
+    """``force.forced_charges`` from movements already computed (the same rows and columns);
+    the force rows picked on the kind's categories first, so only they are copied."""
+    kind = mv["kind"]
+    if isinstance(kind.dtype, pd.CategoricalDtype):
+        return forced_from_movements(mv[kind.eq(FORCE).to_numpy()])
     return forced_from_movements(mv)
 
 
