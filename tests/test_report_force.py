@@ -84,3 +84,50 @@ def test_force_report_names_missing_events():
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert r.stderr.count("\n") == 1
     assert "trace lacks pc_try_charge, pc_try_charge_ret" in r.stderr and "memtrace probes" in r.stderr
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_force_report_against_a_snapshots_limits(kernel):
+    """--snapshot: one run of force with the probes and its final vmcore's snapshot file
+    (fixtures/make-lab-fixtures --force-snapshot). Each memcg's forced charges (hierarchical)
+    are set against the limits and counters the snapshot read from the kernel, which equal
+    the guest's own readings after the last step."""
+    base = CAPTURES / f"force-snap-{kernel}"
+    r = _memtrace("report", "force", f"{base}.page_counter.txt", "--snapshot", f"{base}.snapshot", "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    truth = json.loads(Path(f"{base}.truth.json").read_text())
+    lim, now, last = _genf(truth, "limit-set"), _genf(truth, "force-charged"), truth["steps"][-1]["cgroups"]
+    rows = {x["path"]: x for x in doc["limits"]}
+    assert set(rows) == {"/", "/pod", "/pod/genf"}
+    genf = rows["/pod/genf"]
+    raised = now["memory.events"]["max"] - lim["memory.events"]["max"]
+    assert genf["forced_bytes"] == now["memory.current"] - now["memory.max"] > 0
+    assert genf["forced_charges"] == raised > 0
+    assert genf["memory_max_bytes"] == now["memory.max"] and genf["state"] == "ghost"
+    for path in ("/pod", "/pod/genf"):  # the vmcore is dumped after the last step's reading
+        assert rows[path]["memory_current_bytes"] == last[path]["memory.current"], path
+        assert rows[path]["events_max"] == last[path]["memory.events"]["max"], path
+        assert rows[path]["forced_charges"] == raised  # hierarchical
+    assert genf["over_max_bytes"] == max(0, last["/pod/genf"]["memory.current"] - now["memory.max"])
+    assert rows["/"]["memory_max_bytes"] is None
+    assert [(t["path"], t["comm"]) for t in doc["tasks"]] == [("/pod/genf", "mapctl")]
+    assert doc["snapshot"] == f"{base}.snapshot"
+
+
+def test_a_snapshot_of_another_boot_is_refused():
+    """The same-host check, on the real 6.12 snapshot with its cgroup ids moved past any the
+    capture charged (as another boot's would be)."""
+    from memtrace.analyses import force as fa
+    from memtrace.errors import InputError
+    from memtrace.sources.trace import load_trace
+    from memtrace.tables.snapshot_file import load
+
+    base = CAPTURES / "force-snap-6.12"
+    ev, _ = load_trace(f"{base}.page_counter.txt")
+    memcgs = load(Path(f"{base}.snapshot")).memcgs
+    forced, refused = fa.forced_charges(ev), fa.refused_charges(ev)
+    fa.check_same_host(forced, refused, memcgs, "cap", "snap")  # the run's own: accepted
+    moved = memcgs.assign(cgroup_id=memcgs["cgroup_id"].where(memcgs["cgroup_id"] == 1, memcgs["cgroup_id"] + 10_000))
+    with pytest.raises(InputError, match="not from the same host and boot"):
+        fa.check_same_host(forced, refused, moved, "cap", "snap")

@@ -169,6 +169,67 @@ def per_step(events: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
               "peak_over_max_bytes", "events_max_raised"]].reset_index(drop=True)
 
 
+#: the root cgroup's id (cgroup2's root inode) on every boot
+ROOT_CGROUP_ID = 1
+
+LIMIT_COLUMNS = ["cgroup_id", "path", "state", "forced_charges", "forced_pages", "forced_bytes", "refused_charges",
+                 "memory_current_bytes", "memory_max_bytes", "memory_high_bytes", "over_max_bytes", "events_max"]
+
+
+def per_memcg_limits(forced: pd.DataFrame, refused: pd.DataFrame, memcgs: pd.DataFrame) -> pd.DataFrame:
+    """With a snapshot's memcg table (``memtrace.tables.snapshot`` ``memcgs``) as the source of
+    limits: per memcg with a forced or refused charge on it or a descendant (counts are
+    hierarchical, like the limits: a forced page counts against every ancestor's
+    memory.max), its memory.max, memory.high, memory.current and memory.events max at the
+    snapshot, and how far it was above memory.max then (``over_max_bytes``). The snapshot
+    is a moment, the capture a span: the limits are the snapshot's, not necessarily the ones
+    in force at each charge."""
+    from memtrace.analyses.charges import _ancestors
+
+    m = memcgs.copy()
+    m["cgroup_id"] = m["cgroup_id"].astype("int64")
+    chain, _ = _ancestors(m[["cgroup_id", "path"]])
+    counts: dict[int, list[int]] = {}
+    for frame, col in ((forced, 0), (refused, 2)):
+        for cid, pages in zip(frame["cgroup_id"], frame["pages"] if "pages" in frame else [0] * len(frame)):
+            if pd.isna(cid):
+                continue
+            for c in chain.get(int(cid), [int(cid)]):
+                v = counts.setdefault(c, [0, 0, 0])
+                v[col] += 1
+                if col == 0:
+                    v[1] += 0 if pd.isna(pages) else int(pages)
+    rows = []
+    snap = m.drop_duplicates("cgroup_id").set_index("cgroup_id")
+    for cid, (nf, npg, nr) in counts.items():
+        r = snap.loc[cid] if cid in snap.index else None
+        get = (lambda k: r[k] if r is not None else pd.NA)
+        mx, cur = get("memory_max_bytes"), get("memory_current_bytes")
+        rows.append({"cgroup_id": cid, "path": get("path"), "state": get("state"), "forced_charges": nf,
+                     "forced_pages": npg, "forced_bytes": npg * PAGE_SIZE, "refused_charges": nr,
+                     "memory_current_bytes": cur, "memory_max_bytes": mx, "memory_high_bytes": get("memory_high_bytes"),
+                     "over_max_bytes": max(0, int(cur) - int(mx)) if not pd.isna(mx) and not pd.isna(cur) else pd.NA,
+                     "events_max": get("events_max")})
+    out = pd.DataFrame(rows, columns=LIMIT_COLUMNS).astype(
+        {"cgroup_id": "int64", "path": "string", "state": "string", "forced_charges": "int64", "forced_pages": "int64",
+         "forced_bytes": "int64", "refused_charges": "int64", "memory_current_bytes": "Int64",
+         "memory_max_bytes": "Int64", "memory_high_bytes": "Int64", "over_max_bytes": "Int64", "events_max": "Int64"})
+    return out.sort_values(["path", "cgroup_id"], kind="stable", na_position="last").reset_index(drop=True)
+
+
+def check_same_host(forced: pd.DataFrame, refused: pd.DataFrame, memcgs: pd.DataFrame, capture: str,
+                    snapshot: str) -> None:
+    """Refuse a snapshot of another host or boot: some memcg other than the root that the
+    capture charged must be one of the snapshot's. A weak check: cgroup ids are inode
+    numbers, which another boot making the same cgroups in the same order reuses."""
+    ids = {int(c) for f in (forced, refused) for c in f["cgroup_id"].dropna()} - {ROOT_CGROUP_ID}
+    known = set(memcgs["cgroup_id"].astype("int64"))
+    if ids and not ids & known:
+        raise InputError(
+            f"{capture} and {snapshot} are not from the same host and boot: none of the capture's charged "
+            f"cgroup ids ({', '.join(map(str, sorted(ids)[:6]))}) is a memcg of the snapshot")
+
+
 def observed_behaviour(steps: pd.DataFrame) -> list[str]:
     """What this kernel did with forced and refused charges, read from the capture and the
     memory.events of the same run: one sentence each, only where the evidence is clean

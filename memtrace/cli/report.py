@@ -146,6 +146,7 @@ def _charged_to(snap, path: str):
 def force_cmd(
     capture: Path = typer.Argument(..., metavar="CAPTURE", help="A capture made with memtrace's probes (any format 'memtrace ingest' reads)."),
     truth: Optional[Path] = typer.Option(None, "--truth", metavar="FILE", help="truth.json of the same lab run (paths, limits, memory.events, steps)."),
+    snapshot: Optional[Path] = typer.Option(None, "--snapshot", metavar="FILE", help="A snapshot file of the same host and boot (memtrace snapshot -o): paths and limits (memory.max, memory.high, memory.current, memory.events max) at that moment."),
     fail_over: Optional[int] = typer.Option(None, "--fail-over", metavar="PAGES", min=0, help="Exit 1 when more than PAGES pages were forced above a limit, or any charge was refused and PAGES is 0."),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON envelope (schema memtrace.report.force/1)."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", metavar="FILE.parquet", help="Write the per-task table as Parquet."),
@@ -155,7 +156,11 @@ def force_cmd(
 
     Forced: page_counter_charge from try_charge_memcg's force path, per memcg, task and step, with the pages above memory.max at each step and at the peak inside it. Refused: try_charge_memcg calls that returned -ENOMEM, per memcg, gfp and size; they reach user space as ENOMEM. With --truth, whether this kernel raised memory.events max for them is read from the run's own counters and stated.
 
+    With --snapshot (a snapshot file of the same host and boot), each memcg's forced and refused charges are set against its limits at the snapshot.
+
     Example: memtrace report force out/force/trace.txt --truth out/force/truth.json
+
+    Example: memtrace report force capture.txt --snapshot host.snapshot
     """
     from memtrace.analyses import force as fa
     from memtrace.analyses.charges import stream_charge_tables
@@ -171,8 +176,13 @@ def force_cmd(
     refusals = fa.has_refusal_probes(events)
     refused = fa.refused_charges(events) if refusals else None
     path_of = {}
-    steps = None
+    steps = limits = None
     behaviour: list[str] = []
+    if snapshot is not None:
+        from memtrace.tables.snapshot_file import load as load_snapshot
+
+        snap = load_snapshot(snapshot)
+        path_of = dict(zip(snap.memcgs["cgroup_id"].astype("int64"), snap.memcgs["path"].astype(str)))
     if tt is not None:
         fa.check_same_run(events, tt, str(capture), str(truth))
         path_of = dict(zip(tt["cgroup_id"].astype("int64"), tt["path"].astype(str)))
@@ -184,6 +194,9 @@ def force_cmd(
         import pandas as pd
 
         refused = pd.DataFrame(columns=["row", "ts_ns", "cpu", "pid", "comm", "cgroup_id", "gfp", "pages", "ret"])
+    if snapshot is not None:
+        fa.check_same_host(forced, refused, snap.memcgs, str(capture), str(snapshot))
+        limits = fa.per_memcg_limits(forced, refused, snap.memcgs)
     tasks = fa.by_task(forced, refused, path_of)
     by_gfp = fa.refused_by_gfp(refused, path_of)
     totals = {"forcing_calls": int(len(forced)), "forced_pages": int(forced["pages"].sum()) if len(forced) else 0,
@@ -206,10 +219,13 @@ def force_cmd(
         err.print(f"wrote {plot}", markup=False)
     if json_out:
         out.print(render.json_envelope(str(capture), str(truth) if truth else None, dict(totals, finding=finding),
-                                       steps, tasks, by_gfp, behaviour), markup=False, soft_wrap=True)
+                                       steps, tasks, by_gfp, behaviour, str(snapshot) if snapshot else None, limits),
+                  markup=False, soft_wrap=True)
     else:
         if steps is not None:
             out.print(render.steps_table(steps))
+        if limits is not None:
+            out.print(render.limits_table(limits, str(snapshot)))
         out.print(render.tasks_table(tasks))
         if refusals:
             out.print(render.refused_table(by_gfp))

@@ -50,14 +50,29 @@ def refused_table(refused: pd.DataFrame) -> Table:
     return t
 
 
-def json_envelope(capture: str, truth: str | None, totals: dict, steps, tasks, refused, behaviour) -> str:
+def limits_table(limits: pd.DataFrame, snapshot: str) -> Table:
+    t = Table(title=f"forced and refused charges against the limits of {snapshot} (counts are hierarchical)")
+    for col in ("memcg", "state", "forcing calls", "forced", "refused calls", "memory.current", "memory.max",
+                "memory.high", "above max", "max events"):
+        t.add_column(col, justify="left" if col in ("memcg", "state") else "right")
+    for r in limits.itertuples(index=False):
+        t.add_row(_s(r.path if not pd.isna(r.path) else f"cgroup {r.cgroup_id}"), _s(r.state), _n(r.forced_charges),
+                  _b(r.forced_bytes), _n(r.refused_charges), _b(r.memory_current_bytes), _b(r.memory_max_bytes),
+                  _b(r.memory_high_bytes), _b(r.over_max_bytes), _n(r.events_max))
+    return t
+
+
+def json_envelope(capture: str, truth: str | None, totals: dict, steps, tasks, refused, behaviour,
+                  snapshot: str | None = None, limits=None) -> str:
     env = {
         "schema": JSON_SCHEMA,
         "capture": capture,
         "truth": truth,
+        "snapshot": snapshot,
         "totals": totals,
         "observed": behaviour,
         "steps": _records(steps) if steps is not None else None,
+        "limits": _records(limits) if limits is not None else None,
         "tasks": _records(tasks),
         "refused": _records(refused),
     }
