@@ -350,6 +350,10 @@ def test_ghost_report_force_accounts_for_the_failed_inserts(captures, kernel):
     assert doc["totals"]["forcing_calls"] == 0
     assert {(g["path"], g["can_reclaim"], g["pages"]) for g in doc["refused"]} == {("/pod/gen1", False, 1)}
     n = doc["totals"]["refused_calls"]
+    # both maps' elements are slab objects: every refused charge came through obj_cgroup_charge
+    # (the kretprobe's return site names the caller of try_charge_memcg)
+    assert [(s["path"], s["call_site"].split("+")[0], s["refused_charges"]) for s in doc["call_sites"]] == [
+        ("/pod/gen1", "obj_cgroup_charge", n)]
     assert n == sum(s["refused_charges"] for s in gen1.values())
     if FAILED_CHARGE_RAISES_MAX[kernel]:
         assert doc["observed"] == [f"refused charges raised max events on this kernel ({n} refused, {n} max events)"]

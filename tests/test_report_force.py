@@ -53,6 +53,11 @@ def test_force_report_equals_the_kernels_counters(kernel):
     (task,) = doc["tasks"]
     assert (task["path"], task["comm"], task["forced_pages"]) == ("/pod/genf", "mapctl", over // PAGE)
     assert doc["observed"] == [f"forced charges raised max events on this kernel ({raised} forcing calls, {raised} max events)"]
+    # every forced charge happened inside a try_charge_memcg called by obj_cgroup_charge: the
+    # sockets' slab objects, charged with __GFP_HIGH while over the limit
+    (site,) = doc["call_sites"]
+    assert (site["path"], site["call_site"].split("+")[0], site["forced_charges"], site["forced_pages"]) == (
+        "/pod/genf", "obj_cgroup_charge", raised, over // PAGE)
     # --fail-over PAGES
     r = _memtrace("report", "force", cap, "--truth", truth_file, "--fail-over", over // PAGE - 1)
     assert r.returncode == 1 and f"memtrace: finding: {over // PAGE:,} pages forced above memory.max" in r.stderr

@@ -196,7 +196,9 @@ def _select(events: pd.DataFrame, names: tuple[str, ...]) -> tuple[pd.DataFrame,
     return events[sel], short
 
 
-_TRY_COLS = ["row", "ts_ns", "cpu", "pid", "comm", "cgroup_id", "gfp", "pages", "ret"]
+_TRY_COLS = ["row", "ts_ns", "cpu", "pid", "comm", "cgroup_id", "gfp", "pages", "ret", "entry_row", "call_site"]
+#: a kretprobe event's location, "(CALLER+0xOFF/0xSIZE <- FUNCTION)": where the probed function returns to
+_RET_SITE = r"^\((?P<v>[^ /]+)(?:/0x[0-9a-fA-F]+)? <- "
 _MV_COLS = ["row", "ts_ns", "cpu", "pid", "kind", "counter", "cgroup_id", "pages", "signed_pages"]
 
 
@@ -204,6 +206,15 @@ def _rows(events: pd.DataFrame) -> pd.DataFrame:
     """``events`` numbered by position unless its index already numbers the capture's rows (a
     chunk of a streamed capture keeps a RangeIndex that starts at its first row)."""
     return events if isinstance(events.index, pd.RangeIndex) and events.index.step == 1 else events.reset_index(drop=True)
+
+
+def _site(args: pd.Series) -> np.ndarray:
+    """The call site (``caller+0xOFF``) a kretprobe event names, or null."""
+    if not len(args):
+        return pd.array([], dtype="string")
+    arr = pa.array(args.astype("string[pyarrow]"), type=pa.large_string())
+    got = pac.struct_field(pac.extract_regex(arr, _RET_SITE), [0])
+    return pd.array(got.to_pandas(types_mapper=pd.ArrowDtype).astype("string"), dtype="string")
 
 
 def _attempts(t: pd.DataFrame, kinds: np.ndarray) -> tuple[pd.DataFrame, pd.DataFrame, int]:
@@ -222,6 +233,8 @@ def _attempts(t: pd.DataFrame, kinds: np.ndarray) -> tuple[pd.DataFrame, pd.Data
         "gfp": t["gfp"].iloc[ent_i].astype("UInt64").to_numpy(),
         "pages": t["pages"].iloc[ent_i].astype("Int64").to_numpy(),
         "ret": t["ret"].iloc[ret_i].astype("Int64").to_numpy(),
+        "entry_row": t.index.to_numpy()[ent_i].astype("int64"),
+        "call_site": _site(t["args"].iloc[ret_i]),
     }, columns=_TRY_COLS)
     unpaired_returns = int((~is_entry & (partner < 0)).sum())
     return df, t[open_entry], unpaired_returns
@@ -283,8 +296,11 @@ def charge_attempts(events) -> pd.DataFrame:
     Columns: ``row`` (position of the return in `events`), ``ts_ns``, ``cpu``, ``pid``,
     ``comm``, ``cgroup_id`` (the memcg charged), ``gfp`` (gfp_mask), ``pages`` (nr_pages),
     ``ret`` (0, or -12: the charge was refused with -ENOMEM; a refused charge is never
-    forced). Entry and return are paired per thread, last in first out, as in
-    ``page_counter_movements``. ``attrs``: ``unpaired_entries``, ``unpaired_returns``.
+    forced), ``entry_row`` (position of its entry event), ``call_site`` (where
+    try_charge_memcg returned to, ``caller+0xOFF``, from the return probe's location; null
+    where the capture's format does not carry it). Entry and return are paired per thread,
+    last in first out, as in ``page_counter_movements``. ``attrs``: ``unpaired_entries``,
+    ``unpaired_returns``.
     ``events`` may also be the ``ChargeTables`` of a streamed capture."""
     if isinstance(events, ChargeTables):
         return events.require("charge_attempts").attempts

@@ -25,6 +25,7 @@ from memtrace.analyses.charges import (
     TRY,
     TRY_RET,
     ChargeTables,
+    charge_tables,
     charge_attempts,
     charges_by_step,
     page_counter_movements,
@@ -66,16 +67,40 @@ def _names_have(events: pd.DataFrame, *names: str) -> bool:
 
 def forced_charges(events) -> pd.DataFrame:
     """One row per page_counter_charge (force) of the capture (an event table or its
-    ``ChargeTables``): ``row``, ``ts_ns``, ``pid``, ``comm``, ``cgroup_id``, ``pages``."""
-    return forced_from_movements(page_counter_movements(events))
+    ``ChargeTables``): ``row``, ``ts_ns``, ``pid``, ``comm``, ``cgroup_id``, ``pages``,
+    ``call_site`` (where the try_charge_memcg call that forced it returns to; null without
+    the try_charge probes)."""
+    tables = events if isinstance(events, ChargeTables) else charge_tables(events)
+    attempts = tables.attempts if tables.has_events(TRY, TRY_RET) else None
+    return forced_from_movements(page_counter_movements(tables), attempts)
 
 
-def forced_from_movements(mv: pd.DataFrame) -> pd.DataFrame:
-    """``forced_charges`` from a movement table already made (it carries ``comm``)."""
+def forced_from_movements(mv: pd.DataFrame, attempts: pd.DataFrame | None = None) -> pd.DataFrame:
+    """``forced_charges`` from a movement table already made (it carries ``comm``) and, for
+    the call sites, the capture's try_charge_memcg calls (``charge_attempts``)."""
     f = mv[mv["kind"].astype(str).eq(FORCE).to_numpy()]
     out = f[["row", "ts_ns", "pid", "comm", "cgroup_id", "pages"]].reset_index(drop=True)
     out["comm"] = out["comm"].astype("string")
+    out["call_site"] = _enclosing_call_site(f, attempts)
     return out
+
+
+def _enclosing_call_site(f: pd.DataFrame, attempts: pd.DataFrame | None) -> pd.Series:
+    """Per forced movement: the call site of the try_charge_memcg call it happened in (the
+    innermost call on the same thread whose entry precedes it and whose return follows it)."""
+    site = pd.Series(pd.NA, index=range(len(f)), dtype="string")
+    if attempts is None or not len(f) or not len(attempts):
+        return site
+    from memtrace.analyses.charges import _thread_keys
+
+    a = pd.DataFrame({"key": _thread_keys(attempts["pid"], attempts["cpu"]), "entry_row": attempts["entry_row"].to_numpy(),
+                      "ret_row": attempts["row"].to_numpy(), "call_site": attempts["call_site"].astype("string").to_numpy()})
+    q = pd.DataFrame({"key": _thread_keys(f["pid"], f["cpu"]), "row": f["row"].to_numpy(), "i": range(len(f))})
+    m = pd.merge_asof(q.sort_values("row"), a.sort_values("entry_row"), left_on="row", right_on="entry_row",
+                      by="key", direction="backward")
+    inside = (m["ret_row"] > m["row"]).fillna(False).to_numpy(dtype=bool)
+    site.iloc[m["i"].to_numpy()[inside]] = m["call_site"].to_numpy()[inside]
+    return site
 
 
 def refused_charges(events: pd.DataFrame) -> pd.DataFrame:
@@ -99,6 +124,25 @@ def by_task(forced: pd.DataFrame, refused: pd.DataFrame, path_of: dict[int, str]
     g["path"] = g["cgroup_id"].map(lambda c: path_of.get(int(c)) if not pd.isna(c) else None).astype("string")
     return g[["cgroup_id", "path", "pid", "comm", "forced_charges", "forced_pages", "forced_bytes",
               "refused_charges"]].sort_values(["forced_pages", "refused_charges"], ascending=False).reset_index(drop=True)
+
+
+def by_call_site(forced: pd.DataFrame, refused: pd.DataFrame, path_of: dict[int, str]) -> pd.DataFrame:
+    """Forced pages and refused charges per (memcg charged, call site): the function that
+    called try_charge_memcg (``caller+0xOFF``: obj_cgroup_charge for slab objects,
+    __memcg_kmem_charge_page for kmem pages, charge_memcg for user pages...)."""
+    cols = ["cgroup_id", "path", "call_site", "forced_charges", "forced_pages", "forced_bytes", "refused_charges"]
+    f = forced.assign(forced_charges=1, refused_charges=0, forced_pages=forced["pages"].astype("int64"))
+    r = refused.assign(forced_charges=0, refused_charges=1, forced_pages=0)
+    keep = ["cgroup_id", "call_site", "forced_charges", "forced_pages", "refused_charges"]
+    parts = [x[keep] for x in (f, r) if len(x) and "call_site" in x]
+    if not parts:
+        return pd.DataFrame(columns=cols)
+    both = pd.concat(parts, ignore_index=True)
+    both["call_site"] = both["call_site"].astype("string").fillna("(unknown)")
+    g = both.groupby(["cgroup_id", "call_site"], dropna=False)[["forced_charges", "forced_pages", "refused_charges"]].sum().reset_index()
+    g["forced_bytes"] = g["forced_pages"] * PAGE_SIZE
+    g["path"] = g["cgroup_id"].map(lambda c: path_of.get(int(c)) if not pd.isna(c) else None).astype("string")
+    return g[cols].sort_values(["forced_pages", "refused_charges"], ascending=False).reset_index(drop=True)
 
 
 def refused_by_gfp(refused: pd.DataFrame, path_of: dict[int, str]) -> pd.DataFrame:

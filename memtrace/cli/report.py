@@ -198,6 +198,7 @@ def force_cmd(
         fa.check_same_host(forced, refused, snap.memcgs, str(capture), str(snapshot))
         limits = fa.per_memcg_limits(forced, refused, snap.memcgs)
     tasks = fa.by_task(forced, refused, path_of)
+    sites = fa.by_call_site(forced, refused, path_of)
     by_gfp = fa.refused_by_gfp(refused, path_of)
     totals = {"forcing_calls": int(len(forced)), "forced_pages": int(forced["pages"].sum()) if len(forced) else 0,
               "refused_calls": int(len(refused)) if refusals else None}
@@ -219,7 +220,8 @@ def force_cmd(
         err.print(f"wrote {plot}", markup=False)
     if json_out:
         out.print(render.json_envelope(str(capture), str(truth) if truth else None, dict(totals, finding=finding),
-                                       steps, tasks, by_gfp, behaviour, str(snapshot) if snapshot else None, limits),
+                                       steps, tasks, by_gfp, behaviour, str(snapshot) if snapshot else None, limits,
+                                       sites),
                   markup=False, soft_wrap=True)
     else:
         if steps is not None:
@@ -227,6 +229,8 @@ def force_cmd(
         if limits is not None:
             out.print(render.limits_table(limits, str(snapshot)))
         out.print(render.tasks_table(tasks))
+        if len(sites):
+            out.print(render.call_sites_table(sites))
         if refusals:
             out.print(render.refused_table(by_gfp))
         out.print(f"{totals['forcing_calls']:,} forcing calls, {totals['forced_pages']:,} pages forced; "

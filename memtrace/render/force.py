@@ -50,6 +50,16 @@ def refused_table(refused: pd.DataFrame) -> Table:
     return t
 
 
+def call_sites_table(sites: pd.DataFrame) -> Table:
+    t = Table(title="per call site: the function that called try_charge_memcg (the memcg charged, not its ancestors)")
+    for col in ("memcg", "call site", "forcing calls", "forced", "refused calls"):
+        t.add_column(col, justify="left" if col in ("memcg", "call site") else "right")
+    for r in sites.itertuples(index=False):
+        t.add_row(_s(r.path if not pd.isna(r.path) else f"cgroup {r.cgroup_id}"), _s(r.call_site), _n(r.forced_charges),
+                  _b(r.forced_bytes), _n(r.refused_charges))
+    return t
+
+
 def limits_table(limits: pd.DataFrame, snapshot: str) -> Table:
     t = Table(title=f"forced and refused charges against the limits of {snapshot} (counts are hierarchical)")
     for col in ("memcg", "state", "forcing calls", "forced", "refused calls", "memory.current", "memory.max",
@@ -63,7 +73,7 @@ def limits_table(limits: pd.DataFrame, snapshot: str) -> Table:
 
 
 def json_envelope(capture: str, truth: str | None, totals: dict, steps, tasks, refused, behaviour,
-                  snapshot: str | None = None, limits=None) -> str:
+                  snapshot: str | None = None, limits=None, call_sites=None) -> str:
     env = {
         "schema": JSON_SCHEMA,
         "capture": capture,
@@ -74,6 +84,7 @@ def json_envelope(capture: str, truth: str | None, totals: dict, steps, tasks, r
         "steps": _records(steps) if steps is not None else None,
         "limits": _records(limits) if limits is not None else None,
         "tasks": _records(tasks),
+        "call_sites": _records(call_sites) if call_sites is not None else None,
         "refused": _records(refused),
     }
     return json.dumps(env, indent=1, default=_default)
