@@ -328,20 +328,25 @@ def _export_inputs(capture: str, truth: str | None, map_ids: bool = False):
             tl.map_events(events), tl.capture_span(events)[0])
 
 
+@pytest.mark.parametrize("chunk", [None, 7], ids=["one-chunk", "chunks-of-7"])
 @pytest.mark.parametrize("truth,map_ids", [("force-6.12.truth.json", False), (None, True)], ids=["truth", "map-ids"])
-def test_wire_encoder_writes_the_packets_the_objects_build(tmp_path, truth, map_ids):
+def test_wire_encoder_writes_the_packets_the_objects_build(tmp_path, monkeypatch, truth, map_ids, chunk):
     """The counter values, instants and slices encoded as wire bytes with array operations
     (the default) decode, packet for packet, to the TracePackets the object-built path writes,
     on the real 6.12 force capture: with its truth (every counter, forced instant and step)
-    and without it, with map ids on the force rows (the map instants and int annotations)."""
+    and without it, with map ids on the force rows (the map instants and int annotations).
+    With chunks of 7 packets every kind of packet crosses a chunk boundary (the object path
+    once wrote the packet that filled a chunk before its fields were set: an empty packet)."""
     from perfetto.protos.perfetto.trace.perfetto_trace_pb2 import Trace
 
-    from memtrace.render.perfetto_export import write_trace
+    from memtrace.render import perfetto_export as pe
 
+    if chunk:
+        monkeypatch.setattr(pe, "CHUNK", chunk)
     args = _export_inputs("force-6.12.page_counter.txt", truth, map_ids)
     got = {}
     for enc in ("wire", "objects"):
-        counts = write_trace(tmp_path / f"{enc}.pftrace", *args, encoder=enc)
+        counts = pe.write_trace(tmp_path / f"{enc}.pftrace", *args, encoder=enc)
         t = Trace()
         t.ParseFromString((tmp_path / f"{enc}.pftrace").read_bytes())
         got[enc] = (counts, list(t.packet))
@@ -353,6 +358,7 @@ def test_wire_encoder_writes_the_packets_the_objects_build(tmp_path, truth, map_
     for i, (a, b) in enumerate(zip(pw, po)):
         assert a == b, (i, a, b)
     assert pw[0].sequence_flags and not any(p.sequence_flags for p in pw[1:])
+    assert all(p.HasField("track_event") or p.HasField("track_descriptor") for p in pw)
 
 
 def test_a_failed_wire_encoding_leaves_the_old_file(tmp_path, monkeypatch):

@@ -90,6 +90,10 @@ class _Writer:
         self.first = True
 
     def packet(self, ts: int | None = None):
+        # a full chunk is written before the next packet is added (not after: the caller
+        # fills the packet in after this returns, and a serialized one would stay empty)
+        if self.n >= CHUNK:
+            self.flush()
         p = self.b.add_packet()
         p.trusted_packet_sequence_id = SEQ
         if self.first:
@@ -98,8 +102,6 @@ class _Writer:
         if ts is not None:
             p.timestamp = int(ts)
         self.n += 1
-        if self.n >= CHUNK:
-            self.flush()
         return p
 
     def raw(self, encode, rows: int, per_row: int = 1) -> None:
@@ -156,26 +158,26 @@ def _varint_int(v: int) -> bytes:
 
 def _varints(v: np.ndarray, prefix: bytes = b"") -> tuple[np.ndarray, np.ndarray, bool]:
     """``prefix`` then the varint bytes of each value (int64 as its two's complement, as
-    protobuf's int64 fields): an (n, w) uint8 matrix, each row's length (int32) and whether
-    every row is w long."""
+    protobuf's int64 fields): a (w, n) uint8 matrix (byte k of every value in row k), each
+    value's length (int32) and whether every value is w long."""
     v = np.asarray(v)
     u = v.astype(np.int64, copy=False).view(np.uint64) if v.dtype.kind in "ib" else v.astype(np.uint64, copy=False)
     n, p = len(u), len(prefix)
     if not n:
-        return np.zeros((0, p + 1), np.uint8), np.zeros(0, np.int32), True
+        return np.zeros((p + 1, 0), np.uint8), np.zeros(0, np.int32), True
     w = max(1, (int(u.max()).bit_length() + 6) // 7)
-    mat = np.empty((n, p + w), dtype=np.uint8)
+    mat = np.empty((p + w, n), dtype=np.uint8)
     if p:
-        mat[:, :p] = np.frombuffer(prefix, dtype=np.uint8)
+        mat[:p] = np.frombuffer(prefix, dtype=np.uint8)[:, None]
     for k in range(w):
-        mat[:, p + k] = u >> np.uint64(7 * k)  # the low 8 bits
-    mat[:, p:] &= 0x7F
+        mat[p + k] = u >> np.uint64(7 * k)  # the low 8 bits
+    mat[p:] &= 0x7F
     if w == 1:
         return mat, np.full(n, p + 1, np.int32), True
     lens = np.full(n, p + 1, np.int32)
     for k in range(1, w):
         lens += u >= np.uint64(1 << (7 * k))
-    mat[:, p:p + w - 1] |= (np.arange(p + 1, p + w, dtype=np.int32) < lens[:, None]).view(np.uint8) << 7
+    mat[p:p + w - 1] |= (np.arange(p + 1, p + w, dtype=np.int32)[:, None] < lens).view(np.uint8) << 7
     return mat, lens, bool(u.min() >= np.uint64(1 << (7 * (w - 1))))
 
 
@@ -198,19 +200,20 @@ def _tag(msg, field: str) -> bytes:
 
 
 class _Table:
-    """Byte strings picked per row by ``_Rows.table``: a padded matrix, one row per entry and a
-    last, empty one that code -1 picks."""
+    """Byte strings picked per row by ``_Rows.table``: a padded (width, entries + 1) matrix,
+    one column per entry and a last, empty one that code -1 picks."""
 
     def __init__(self, entries: list[bytes]):
         w = max((len(e) for e in entries), default=0)
-        self.mat = np.zeros((len(entries) + 1, max(w, 1)), dtype=np.uint8)
+        self.mat = np.zeros((max(w, 1), len(entries) + 1), dtype=np.uint8)
         for i, e in enumerate(entries):
-            self.mat[i, :len(e)] = np.frombuffer(e, dtype=np.uint8)
+            self.mat[:len(e), i] = np.frombuffer(e, dtype=np.uint8)
         self.lens = np.array([len(e) for e in entries] + [0], dtype=np.int32)
 
 
 class _Rows:
-    """n byte strings (rows) built from pieces with array operations (see above)."""
+    """n byte strings (rows) built from pieces with array operations (see above). Pieces are
+    held transposed, (w, n): byte k of every row in one contiguous line."""
 
     def __init__(self, n: int):
         self.n = n
@@ -226,13 +229,13 @@ class _Rows:
 
     def frag(self, b: bytes) -> "_Rows":
         """The same bytes in every row."""
-        return self._add(np.broadcast_to(np.frombuffer(b, dtype=np.uint8), (self.n, len(b))),
+        return self._add(np.broadcast_to(np.frombuffer(b, dtype=np.uint8)[:, None], (len(b), self.n)),
                          np.full(self.n, len(b), dtype=np.int32), True)
 
     def table(self, t: "_Table", codes: np.ndarray) -> "_Rows":
         """Row i gets entry ``codes[i]`` of ``t``, nothing where the code is -1."""
         codes = np.asarray(codes, dtype=np.int64)
-        return self._add(t.mat[codes], t.lens[codes], False)
+        return self._add(t.mat[:, codes], t.lens[codes], False)
 
     def varint(self, msg, field: str, values, present: np.ndarray | None = None) -> "_Rows":
         """The integer field ``field`` of ``msg`` (absent where ``present`` is False)."""
@@ -261,20 +264,20 @@ class _Rows:
     def tobytes(self) -> bytes:
         if not self.n or not self.mats:
             return b""
-        mat = np.concatenate(self.mats, axis=1)
+        mat = np.concatenate(self.mats, axis=0).T  # (n, w): row i's bytes in order, then padding
         if all(self.full):
-            return mat.tobytes()
-        mask = np.empty(mat.shape, dtype=bool)
+            return np.ascontiguousarray(mat).tobytes()
+        mask = np.empty((mat.shape[1], self.n), dtype=bool)
         c = 0
         cols = np.arange(mat.shape[1], dtype=np.int32)
         for m, x, full in zip(self.mats, self.lens, self.full):
-            w = m.shape[1]
+            w = m.shape[0]
             if full:
-                mask[:, c:c + w] = True
+                mask[c:c + w] = True
             else:
-                np.less(cols[:w], x[:, None], out=mask[:, c:c + w])
+                np.less(cols[:w, None], x, out=mask[c:c + w])
             c += w
-        return mat[mask].tobytes()
+        return np.ascontiguousarray(mat)[np.ascontiguousarray(mask.T)].tobytes()
 
 
 def _present(s: pd.Series) -> np.ndarray:
@@ -539,8 +542,9 @@ def _instants(w: _Writer, P: _Packets, instants: pd.DataFrame) -> None:
 def _slices(w: _Writer, P: _Packets, slices: pd.DataFrame) -> None:
     """Each step as a TYPE_SLICE_BEGIN and a TYPE_SLICE_END packet, as wire bytes."""
     TE = P.TE
-    names = [f"{int(s)} {n}" for s, n in zip(slices["step"], slices["step_name"])]
-    name_t = P.te_table([{"name": x} for x in names])
+    # a name per distinct (step, step name)
+    name_c, pairs = pd.MultiIndex.from_arrays([slices["step"].astype("int64"), slices["step_name"].astype(str)]).factorize()
+    name_t = P.te_table([{"name": f"{int(st)} {nm}"} for st, nm in pairs])
     step, has_step = _ints(slices["step"]), _present(slices["step"])
     start, end = slices["start_ns"].to_numpy(dtype=np.int64), slices["end_ns"].to_numpy(dtype=np.int64)
     begin_f = P.te_frag(type=TE.TYPE_SLICE_BEGIN, track_uuid=UUID_STEPS)
@@ -550,7 +554,7 @@ def _slices(w: _Writer, P: _Packets, slices: pd.DataFrame) -> None:
         n = hi - lo
         te = _Rows(n)
         P.int_ann(te, "step", step[lo:hi], has_step[lo:hi])
-        te.frag(begin_f).table(name_t, np.arange(lo, hi))
+        te.frag(begin_f).table(name_t, name_c[lo:hi])
         out = _Rows(n)
         P.packet(out, start[lo:hi], te, first)
         P.packet(out, end[lo:hi], _Rows(n).frag(end_f), False)
