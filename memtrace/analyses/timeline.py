@@ -34,6 +34,7 @@ from memtrace.analyses.charges import (
     TRY_RET,
     _ancestors,
     _event_names,
+    charge_attempts,
     page_counter_movements,
     step_markers,
 )
@@ -190,12 +191,15 @@ def memcg_counters(events: pd.DataFrame, truth: pd.DataFrame | None = None) -> t
 
 
 def _forced(events: pd.DataFrame, mv: pd.DataFrame) -> pd.DataFrame:
-    """``force.forced_charges`` from movements already computed (the same rows and columns);
+    """``force.forced_charges`` from movements already computed (the same rows and columns,
+    with the call sites from the capture's try_charge_memcg calls when it has those probes);
     the force rows picked on the kind's categories first, so only they are copied."""
+    short = {e.rsplit(":", 1)[-1] for e in _event_names(events)}
+    attempts = charge_attempts(events) if {TRY, TRY_RET} <= short else None
     kind = mv["kind"]
     if isinstance(kind.dtype, pd.CategoricalDtype):
-        return forced_from_movements(mv[kind.eq(FORCE).to_numpy()])
-    return forced_from_movements(mv)
+        mv = mv[kind.eq(FORCE).to_numpy()]
+    return forced_from_movements(mv, attempts)
 
 
 def charge_instants(events: pd.DataFrame, path_of: dict[int, str] | None = None,
