@@ -60,8 +60,19 @@ def capture_span(events: pd.DataFrame) -> tuple[int, int]:
     return (int(ts.min()), int(ts.max())) if len(ts) else (0, 0)
 
 
+def _names(events: pd.DataFrame) -> set[str]:
+    """The event names the capture holds (``charges._event_names``), counted on the category
+    codes with one bincount rather than a hash of every row."""
+    ev = events["event"]
+    if isinstance(ev.dtype, pd.CategoricalDtype):
+        codes = ev.cat.codes.to_numpy()
+        used = np.flatnonzero(np.bincount(codes.astype(np.intp) + 1, minlength=len(ev.cat.categories) + 1)[1:])
+        return {str(ev.cat.categories[c]) for c in used}
+    return _event_names(events)
+
+
 def has_markers(events: pd.DataFrame) -> bool:
-    return MARKER_EVENT in _event_names(events)  # on the categories, not on every row
+    return MARKER_EVENT in _names(events)  # on the categories, not on every row
 
 
 def _paths(events: pd.DataFrame, truth: pd.DataFrame | None) -> pd.DataFrame:
@@ -194,7 +205,7 @@ def _forced(events: pd.DataFrame, mv: pd.DataFrame) -> pd.DataFrame:
     """``force.forced_charges`` from movements already computed (the same rows and columns,
     with the call sites from the capture's try_charge_memcg calls when it has those probes);
     the force rows picked on the kind's categories first, so only they are copied."""
-    short = {e.rsplit(":", 1)[-1] for e in _event_names(events)}
+    short = {e.rsplit(":", 1)[-1] for e in _names(events)}
     attempts = charge_attempts(events) if {TRY, TRY_RET} <= short else None
     kind = mv["kind"]
     if isinstance(kind.dtype, pd.CategoricalDtype):
@@ -215,7 +226,7 @@ def charge_instants(events: pd.DataFrame, path_of: dict[int, str] | None = None,
     ev = events if isinstance(events.index, pd.RangeIndex) and events.index.start == 0 and events.index.step == 1 \
         else events.reset_index(drop=True)
     f = (forced if forced is not None else forced_charges(ev)).assign(kind="forced", gfp=pd.NA)
-    short = {e.rsplit(":", 1)[-1] for e in _event_names(ev)}  # the distinct names, not every row's
+    short = {e.rsplit(":", 1)[-1] for e in _names(ev)}  # the distinct names, not every row's
     recorded = {TRY, TRY_RET} <= short
     parts = [f]
     if recorded:
