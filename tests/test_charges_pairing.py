@@ -108,3 +108,25 @@ def test_hex_and_decimal_args():
     c = charges._arg(args, r"\bcounter=0x(?P<v>[0-9a-fA-F]+)", 16)
     assert c.tolist() == [0xffff8d8a4287f900, 1, pd.NA, pd.NA, pd.NA]
     assert charges._arg(args, r"\bok=(?P<v>\d+)", 10).tolist() == [1, 0, pd.NA, pd.NA, pd.NA]
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_iter_trace_frames_are_the_whole_capture(kernel):
+    """A text capture read in frames (here about 8 KiB of text each) gives the rows of the whole
+    load, numbered by their position in the capture, and the same ingest statistics."""
+    from memtrace.sources.trace import iter_trace
+    from memtrace.tables.events import IngestStats
+
+    path = str(CAPTURES / f"force-snap-{kernel}.page_counter.txt")
+    whole, st = load_trace(path)
+    st2 = IngestStats()
+    frames = list(iter_trace(path, frame_bytes=8192, stats=st2))
+    assert len(frames) > 10
+    assert [f.index[0] for f in frames] == list(np.cumsum([0] + [len(f) for f in frames[:-1]]))
+    cat = pd.concat(frames)
+    assert cat.index.equals(pd.RangeIndex(len(whole)))
+    for c in ("ts_ns", "pid", "cpu", "cgroup_id", "pages", "ret"):
+        assert cat[c].equals(whole[c]), c
+    assert (cat["event"].astype(str) == whole["event"].astype(str)).all()
+    assert (cat["args"].astype(str) == whole["args"].astype(str)).all()
+    assert st2.to_dict() == st.to_dict()

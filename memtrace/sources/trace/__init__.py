@@ -35,15 +35,20 @@ def _sidecar_kprobe_groups(path: str) -> tuple[dict[str, str], str | None]:
         return {}, f"{meta}: not a lab meta.json, its kprobe groups are not used ({type(e).__name__}: {e})"
 
 
-def load_trace(path: str, *, kprobe_groups: dict[str, str] | None = None) -> tuple[pd.DataFrame, IngestStats]:
-    """Load any supported capture into the event table."""
+def _resolve(path: str, kprobe_groups: dict[str, str] | None) -> tuple[str, dict[str, str], str | None]:
+    """(format, kprobe groups, a warning about the sidecar meta.json or None) of a capture path."""
     if not os.path.exists(path):
         raise InputError(f"{path}: no such file")
     if os.path.isdir(path):
         raise InputError(f"{path}: is a directory, not a trace file")
     fmt = detect.sniff_file(path)
     sidecar, sidecar_warning = _sidecar_kprobe_groups(path)
-    groups = {**sidecar, **(kprobe_groups or {})}
+    return fmt, {**sidecar, **(kprobe_groups or {})}, sidecar_warning
+
+
+def load_trace(path: str, *, kprobe_groups: dict[str, str] | None = None) -> tuple[pd.DataFrame, IngestStats]:
+    """Load any supported capture into the event table."""
+    fmt, groups, sidecar_warning = _resolve(path, kprobe_groups)
     # A decoder exception that is not an InputError is memtrace's bug, not bad input: it
     # reaches the CLI as an internal error (exit 70, with its traceback).
     df, st = _load(path, fmt, groups)
@@ -59,13 +64,7 @@ def iter_trace(path: str, *, kprobe_groups: dict[str, str] | None = None, frame_
     (memory: one frame), the other formats whole (one frame; perfetto and trace.dat are
     decoded by libraries that read the whole file). ``stats`` (an IngestStats) accumulates
     what was read."""
-    if not os.path.exists(path):
-        raise InputError(f"{path}: no such file")
-    if os.path.isdir(path):
-        raise InputError(f"{path}: is a directory, not a trace file")
-    fmt = detect.sniff_file(path)
-    sidecar, sidecar_warning = _sidecar_kprobe_groups(path)
-    groups = {**sidecar, **(kprobe_groups or {})}
+    fmt, groups, sidecar_warning = _resolve(path, kprobe_groups)
     st = stats if stats is not None else IngestStats()
     if fmt in (detect.PERFETTO, detect.TRACE_DAT, detect.TRACECMD_REPORT):
         df, one = _load(path, fmt, groups)

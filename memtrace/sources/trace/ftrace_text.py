@@ -665,19 +665,27 @@ def parse_ftrace_text(
     return _run(_chunks_of(data, CHUNK_BYTES), path=path, fmt=fmt, kprobe_groups=kprobe_groups, stats=stats)
 
 
-def load_ftrace_text(path: str, *, kprobe_groups=None, fmt: str = "ftrace-text", chunk_bytes: int = CHUNK_BYTES) -> tuple[pd.DataFrame, IngestStats]:
-    from memtrace.sources.trace.capture import apply_capture_summary, capture_kprobe_groups, read_capture_header
+def _open_text(path: str, kprobe_groups):
+    """(open file, its `memtrace capture` header or None, kprobe groups with the header's):
+    a `memtrace capture` file names its probes' groups and its losses in its header."""
+    from memtrace.sources.trace.capture import capture_kprobe_groups, read_capture_header
 
     try:
         f = open(path, "rb")
     except OSError as e:
         raise InputError(f"{path}: cannot read: {e.strerror or e}") from None
+    cap = read_capture_header(f.read(1 << 16))
+    f.seek(0)
+    if cap:
+        kprobe_groups = {**capture_kprobe_groups(cap), **(kprobe_groups or {})}
+    return f, cap, kprobe_groups
+
+
+def load_ftrace_text(path: str, *, kprobe_groups=None, fmt: str = "ftrace-text", chunk_bytes: int = CHUNK_BYTES) -> tuple[pd.DataFrame, IngestStats]:
+    from memtrace.sources.trace.capture import apply_capture_summary
+
+    f, cap, kprobe_groups = _open_text(path, kprobe_groups)
     with f:
-        # a `memtrace capture` file names its probes' groups and its losses in its header
-        cap = read_capture_header(f.read(1 << 16))
-        f.seek(0)
-        if cap:
-            kprobe_groups = {**capture_kprobe_groups(cap), **(kprobe_groups or {})}
         try:
             df, st = _run(_file_chunks(f, chunk_bytes), path=path, fmt=fmt, kprobe_groups=kprobe_groups, stats=None)
         except OSError as e:
@@ -697,19 +705,12 @@ def iter_ftrace_text(path: str, *, kprobe_groups=None, fmt: str = "ftrace-text",
     each, in file order; each frame's index numbers its rows within the whole capture. The
     statistics accumulate in ``stats`` (an IngestStats; its warnings complete after the last
     frame). Same errors as ``load_ftrace_text``."""
-    from memtrace.sources.trace.capture import apply_capture_summary, capture_kprobe_groups, read_capture_header
+    from memtrace.sources.trace.capture import apply_capture_summary
 
     st = stats if stats is not None else IngestStats(path=path, format=fmt)
     st.path, st.format = path, fmt
-    try:
-        f = open(path, "rb")
-    except OSError as e:
-        raise InputError(f"{path}: cannot read: {e.strerror or e}") from None
+    f, cap, kprobe_groups = _open_text(path, kprobe_groups)
     with f:
-        cap = read_capture_header(f.read(1 << 16))
-        f.seek(0)
-        if cap:
-            kprobe_groups = {**capture_kprobe_groups(cap), **(kprobe_groups or {})}
         chunks = _file_chunks(f, CHUNK_BYTES)
         first, row0 = True, 0
         done = False
