@@ -711,7 +711,7 @@ def iter_ftrace_text(path: str, *, kprobe_groups=None, fmt: str = "ftrace-text",
     st.path, st.format = path, fmt
     f, cap, kprobe_groups = _open_text(path, kprobe_groups)
     with f:
-        chunks = _file_chunks(f, CHUNK_BYTES)
+        chunks = _file_chunks(f, min(CHUNK_BYTES, frame_bytes))
         first, row0 = True, 0
         done = False
         while not done:
