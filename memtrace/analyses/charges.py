@@ -193,7 +193,11 @@ def _select(events: pd.DataFrame, names: tuple[str, ...]) -> tuple[pd.DataFrame,
         m = name.isin(names) & ~ev.astype(str).eq(MARKER_EVENT)
         sel = m.to_numpy()
         short = name[m].to_numpy(dtype=object)
-    return events[sel], short
+    return events.loc[:, [c for c in _SELECT_COLS if c in events.columns]][sel], short
+
+
+#: the event table's columns the charge analyses read (selecting rows of only these is cheaper)
+_SELECT_COLS = ("ts_ns", "cpu", "pid", "comm", "event", "cgroup_id", "gfp", "pages", "ret", "marker", "args")
 
 
 _TRY_COLS = ["row", "ts_ns", "cpu", "pid", "comm", "cgroup_id", "gfp", "pages", "ret", "entry_row", "call_site"]
@@ -243,9 +247,14 @@ def _attempts(t: pd.DataFrame, kinds: np.ndarray) -> tuple[pd.DataFrame, pd.Data
 def _movements(pc: pd.DataFrame, kinds: np.ndarray) -> tuple[pd.DataFrame, pd.DataFrame, int, int]:
     """(movements with ``comm``, open entry rows, unpaired returns, entry/return mismatches) of
     page_counter rows ``pc``."""
-    counters = _arg(pc["args"], r"\bcounter=0x(?P<v>[0-9a-fA-F]+)", 16).to_numpy(dtype="uint64", na_value=0)
-    has_counter = _arg(pc["args"], r"\bcounter=0x(?P<v>[0-9a-fA-F]+)", 16).notna().to_numpy()
-    oks = _arg(pc["args"], r"\bok=(?P<v>\d+)", 10)
+    counter_arg = _arg(pc["args"], r"\bcounter=0x(?P<v>[0-9a-fA-F]+)", 16)
+    counters = counter_arg.to_numpy(dtype="uint64", na_value=0)
+    has_counter = counter_arg.notna().to_numpy()
+    is_ret_row = kinds == PC_TRY_RET
+    oks = pd.Series(pd.array(np.zeros(len(pc), np.uint64), dtype="UInt64"), index=pc.index)
+    oks[:] = pd.NA
+    if is_ret_row.any():  # only return events carry ok=
+        oks[is_ret_row] = _arg(pc["args"][is_ret_row], r"\bok=(?P<v>\d+)", 10).to_numpy()
     pages = pc["pages"].to_numpy(dtype="int64", na_value=0)
     has_pages = pc["pages"].notna().to_numpy()
     cg = pc["cgroup_id"].to_numpy(dtype="uint64", na_value=0)
