@@ -136,3 +136,17 @@ def test_a_snapshot_of_another_boot_is_refused():
     moved = memcgs.assign(cgroup_id=memcgs["cgroup_id"].where(memcgs["cgroup_id"] == 1, memcgs["cgroup_id"] + 10_000))
     with pytest.raises(InputError, match="not from the same host and boot"):
         fa.check_same_host(forced, refused, moved, "cap", "snap")
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_a_truth_of_another_run_of_the_same_scenario_is_refused(kernel):
+    """Two runs of force have the same step markers; their times differ. The force-snap
+    capture against the trace.dat run's truth (both real, both force on the same kernel):
+    exit 2, one line naming both files and the step that gives it away."""
+    cap, other = CAPTURES / f"force-snap-{kernel}.page_counter.txt", CAPTURES / f"force-{kernel}.trace.dat.truth.json"
+    r = _memtrace("report", "force", cap, "--truth", other)
+    assert r.returncode == 2, r.stdout + r.stderr
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith(f"memtrace: error: {cap} and {other} are not from the same run: the capture's marker of step")
+    assert "Traceback" not in r.stderr
+    assert _memtrace("report", "force", cap, "--truth", CAPTURES / f"force-snap-{kernel}.truth.json").returncode == 0

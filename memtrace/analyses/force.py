@@ -297,9 +297,17 @@ def observed_behaviour(steps: pd.DataFrame) -> list[str]:
     return out
 
 
+#: how far (seconds) a step marker's timestamp may lie from the uptime the guest read for the
+#: same step in its truth.json: 0.04 s at most in the committed runs (same boot clock), 1 to 13
+#: s between two runs of the same scenario
+SAME_RUN_CLOCK_S = 2.0
+
+
 def check_same_run(events: pd.DataFrame, truth: pd.DataFrame, capture: str, truth_name: str) -> None:
     """Refuse a truth table from another run: the capture's step markers (number and name)
-    must be steps of that truth."""
+    must be steps of that truth, and each marker's timestamp must lie within
+    ``SAME_RUN_CLOCK_S`` of that step's uptime in the truth (two runs of one scenario have
+    the same markers, not the same times)."""
     marks = step_markers(events)
     tsteps = dict(zip(truth["step"].astype(int), truth["step_name"].astype(str)))
     bad = [(int(s), str(n)) for s, n in zip(marks["step"], marks["step_name"]) if tsteps.get(int(s)) not in (None, str(n))]
@@ -309,3 +317,14 @@ def check_same_run(events: pd.DataFrame, truth: pd.DataFrame, capture: str, trut
             f"({', '.join(f'{s} {n}' for s, n in list(zip(marks['step'], marks['step_name']))[:4]) or 'none'}) "
             f"are not the truth's steps ({', '.join(f'{s} {n}' for s, n in list(tsteps.items())[:4])})"
         )
+    up = truth.drop_duplicates("step").set_index("step")["uptime_ns"] if "uptime_ns" in truth else None
+    if up is not None:
+        first = marks.drop_duplicates("step")  # a step's first marker (a capture repeated for a bench has more)
+        off = [(int(st), ts / 1e9 - int(up[st]) / 1e9) for st, ts in zip(first["step"], first["ts_ns"])
+               if st in up.index and not pd.isna(up[st])]
+        worst = max(off, key=lambda o: abs(o[1]), default=None)
+        if worst is not None and abs(worst[1]) > SAME_RUN_CLOCK_S:
+            raise InputError(
+                f"{capture} and {truth_name} are not from the same run: the capture's marker of step {worst[0]} "
+                f"is {worst[1]:+.3f} s from the uptime the truth records for it (same run: within "
+                f"{SAME_RUN_CLOCK_S:g} s)")
