@@ -22,7 +22,7 @@ FIX = Path(__file__).resolve().parent.parent / "fixtures" / "traces"
 EXCERPTS = [FIX / "restart-6.1.excerpt.txt", FIX / "restart-6.12.excerpt.txt"]
 #: real lab captures with memtrace's page_counter kprobes (fixtures/captures/README.md)
 CAPTURES = sorted((FIX.parent / "captures").glob("*.page_counter.txt"))
-assert len(CAPTURES) == 2 and all(p.is_file() for p in EXCERPTS), "fixtures/traces or fixtures/captures is missing files"
+assert len(CAPTURES) == 4 and all(p.is_file() for p in EXCERPTS), "fixtures/traces or fixtures/captures is missing files"
 KPROBES = {"pc_try_charge": "memtrace", "pc_try_charge_ret": "memtrace"}
 
 

@@ -21,7 +21,7 @@ EXCERPTS = sorted((REPO / "fixtures" / "traces").glob("*.excerpt.txt"))
 CAPTURES = sorted((REPO / "fixtures" / "captures").glob("*.page_counter.txt")) + sorted(
     (REPO / "fixtures" / "captures").glob("*.trace.dat")
 )
-assert EXCERPTS and len(CAPTURES) == 4, "fixtures/traces or fixtures/captures is missing files"
+assert EXCERPTS and len(CAPTURES) == 6, "fixtures/traces or fixtures/captures is missing files"
 
 
 #: what both decoders say about input with no packet that decodes (cut to a few bytes, or a
