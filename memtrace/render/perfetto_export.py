@@ -22,14 +22,10 @@ complete: an interrupted or failed export leaves no partial file and never a hal
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-from memtrace.errors import InputError
 
 JSON_SCHEMA = "memtrace.export/1"
 #: every memcg counter track shares this y axis in the UI
@@ -329,31 +325,10 @@ class _Packets:
 
 
 def _atomic_write(dest: Path, fill) -> None:
-    """``fill(binary file)`` into a temporary file beside ``dest``, renamed into place when done
-    (the pattern of memtrace.tables.atomic.write_parquet)."""
-    dest = Path(dest)
-    d = dest.parent if str(dest.parent) else Path(".")
-    if not d.is_dir():
-        raise InputError(f"{dest}: directory {d} does not exist")
-    if dest.is_dir():
-        raise InputError(f"{dest}: is a directory")
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=d)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fill(f)
-        # mkstemp makes the file 0600: give it the mode a plain open() would
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, dest)
-    except BaseException as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(e, OSError):
-            raise InputError(f"{dest}: cannot write: {e.strerror or e}") from None
-        raise
+    """``fill(binary file)`` written atomically (memtrace.tables.atomic.write_stream)."""
+    from memtrace.tables.atomic import write_stream
+
+    write_stream(dest, fill)
 
 
 def write_trace(dest: Path, series: pd.DataFrame, tracks: pd.DataFrame, instants: pd.DataFrame,

@@ -11,48 +11,22 @@ from pathlib import Path
 from memtrace.errors import InputError
 
 
-def write_parquet(df, dest: Path, meta: dict | None = None, meta_key: str = "memtrace") -> None:
-    """Write ``df`` as Parquet to ``dest``; ``meta`` (JSON-able) goes into the schema metadata
-    under ``meta_key``. A folder that does not exist or a failed write is an InputError."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
+def write_stream(dest: Path, fill) -> None:
+    """``fill(binary file)`` into a temporary file beside ``dest``, renamed into place when it
+    returns: a failed or interrupted write leaves no file and never half of one, and an
+    existing ``dest`` stays as it was until then. The file gets the mode a plain open() would
+    give it. A folder that does not exist, ``dest`` being a folder, or a failed write is an
+    InputError naming ``dest``."""
     dest = Path(dest)
     d = dest.parent if str(dest.parent) else Path(".")
     if not d.is_dir():
         raise InputError(f"{dest}: directory {d} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=d)
-    os.close(fd)
-    try:
-        table = pa.Table.from_pandas(df, preserve_index=False)
-        if meta is not None:
-            md = dict(table.schema.metadata or {})
-            md[meta_key.encode()] = json.dumps(meta).encode()
-            table = table.replace_schema_metadata(md)
-        pq.write_table(table, tmp)
-        os.replace(tmp, dest)
-    except BaseException as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(e, OSError):
-            raise InputError(f"{dest}: cannot write: {e.strerror or e}") from None
-        raise
-
-
-def write_bytes(data: bytes, dest: Path) -> None:
-    """Write ``data`` to ``dest`` atomically (a temporary file beside it, renamed into place):
-    a failed or interrupted write leaves no file and never half of one. A folder that does not
-    exist or a failed write is an InputError."""
-    dest = Path(dest)
-    d = dest.parent if str(dest.parent) else Path(".")
-    if not d.is_dir():
-        raise InputError(f"{dest}: directory {d} does not exist")
+    if dest.is_dir():
+        raise InputError(f"{dest}: is a directory")
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=d)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            fill(f)
         # mkstemp makes the file 0600: give it the mode a plain open() would
         umask = os.umask(0)
         os.umask(umask)
@@ -66,3 +40,25 @@ def write_bytes(data: bytes, dest: Path) -> None:
         if isinstance(e, OSError):
             raise InputError(f"{dest}: cannot write: {e.strerror or e}") from None
         raise
+
+
+def write_parquet(df, dest: Path, meta: dict | None = None, meta_key: str = "memtrace") -> None:
+    """Write ``df`` as Parquet to ``dest`` (``write_stream``); ``meta`` (JSON-able) goes into
+    the schema metadata under ``meta_key``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def fill(f) -> None:
+        table = pa.Table.from_pandas(df, preserve_index=False)
+        if meta is not None:
+            md = dict(table.schema.metadata or {})
+            md[meta_key.encode()] = json.dumps(meta).encode()
+            table = table.replace_schema_metadata(md)
+        pq.write_table(table, f)
+
+    write_stream(dest, fill)
+
+
+def write_bytes(data: bytes, dest: Path) -> None:
+    """Write ``data`` to ``dest`` atomically (``write_stream``)."""
+    write_stream(dest, lambda f: f.write(data))
