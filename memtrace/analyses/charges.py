@@ -62,8 +62,9 @@ REQUIRES = {
 #: kinds of movement rows
 TRY_OK, TRY_FAILED, FORCE, UNCHARGE = "try_charge", "try_charge_failed", "force", "uncharge"
 
-_ARG_OK = re.compile(r"\bok=(\d+)")
-_ARG_COUNTER = re.compile(r"\bcounter=(0x[0-9a-fA-F]+)")
+#: the page_counter probes' arguments read from ``args`` (one named group each)
+_ARG_COUNTER = r"\bcounter=0x(?P<v>[0-9a-fA-F]+)"
+_ARG_OK = r"\bok=(?P<v>\d+)"
 
 
 class MissingEvents(InputError):
@@ -96,12 +97,19 @@ _HEX[np.frombuffer(b"abcdef", np.uint8)] = np.arange(10, 16)
 _HEX[np.frombuffer(b"ABCDEF", np.uint8)] = np.arange(10, 16)
 
 
+def _extract(args: pd.Series, rx: str) -> pa.Array:
+    """The one named group of ``rx`` in each ``args`` string (arrow; null where it does not match)."""
+    if not len(args):
+        return pa.array([], pa.large_string())
+    arr = pa.array(args.astype("string[pyarrow]"), type=pa.large_string())
+    return pac.struct_field(pac.extract_regex(arr, rx), [0])
+
+
 def _arg(args: pd.Series, rx: str, base: int) -> pd.Series:
     """The one group of ``rx`` in each ``args`` string, as an integer of ``base`` (10 or 16,
     at most 16 hex digits), with array operations; null where absent or not a number."""
-    arr = pa.array(args.astype("string[pyarrow]"), type=pa.large_string()) if len(args) else pa.array([], pa.large_string())
-    got = pac.struct_field(pac.extract_regex(arr, rx), [0]) if len(arr) else arr
-    valid = np.asarray(pac.and_(pac.is_valid(got), pac.greater(pac.utf8_length(got), 0)).fill_null(False)) if len(arr) else np.zeros(0, bool)
+    got = _extract(args, rx)
+    valid = np.asarray(pac.and_(pac.is_valid(got), pac.greater(pac.utf8_length(got), 0)).fill_null(False)) if len(got) else np.zeros(0, bool)
     if base == 10:
         num = pac.cast(pac.if_else(pa.array(valid), got, "0"), pa.uint64(), safe=False).to_numpy(zero_copy_only=False)
     else:
@@ -212,13 +220,11 @@ def _rows(events: pd.DataFrame) -> pd.DataFrame:
     return events if isinstance(events.index, pd.RangeIndex) and events.index.step == 1 else events.reset_index(drop=True)
 
 
-def _site(args: pd.Series) -> np.ndarray:
+def _site(args: pd.Series) -> pd.api.extensions.ExtensionArray:
     """The call site (``caller+0xOFF``) a kretprobe event names, or null."""
     if not len(args):
         return pd.array([], dtype="string")
-    arr = pa.array(args.astype("string[pyarrow]"), type=pa.large_string())
-    got = pac.struct_field(pac.extract_regex(arr, _RET_SITE), [0])
-    return pd.array(got.to_pandas(types_mapper=pd.ArrowDtype).astype("string"), dtype="string")
+    return pd.array(_extract(args, _RET_SITE).to_pandas(types_mapper=pd.ArrowDtype).astype("string"), dtype="string")
 
 
 def _attempts(t: pd.DataFrame, kinds: np.ndarray) -> tuple[pd.DataFrame, pd.DataFrame, int]:
@@ -247,19 +253,19 @@ def _attempts(t: pd.DataFrame, kinds: np.ndarray) -> tuple[pd.DataFrame, pd.Data
 def _movements(pc: pd.DataFrame, kinds: np.ndarray) -> tuple[pd.DataFrame, pd.DataFrame, int, int]:
     """(movements with ``comm``, open entry rows, unpaired returns, entry/return mismatches) of
     page_counter rows ``pc``."""
-    counter_arg = _arg(pc["args"], r"\bcounter=0x(?P<v>[0-9a-fA-F]+)", 16)
+    counter_arg = _arg(pc["args"], _ARG_COUNTER, 16)
     counters = counter_arg.to_numpy(dtype="uint64", na_value=0)
     has_counter = counter_arg.notna().to_numpy()
-    is_ret_row = kinds == PC_TRY_RET
-    oks = pd.Series(pd.array(np.zeros(len(pc), np.uint64), dtype="UInt64"), index=pc.index)
-    oks[:] = pd.NA
-    if is_ret_row.any():  # only return events carry ok=
-        oks[is_ret_row] = _arg(pc["args"][is_ret_row], r"\bok=(?P<v>\d+)", 10).to_numpy()
+    is_try, is_ret = kinds == PC_TRY, kinds == PC_TRY_RET
+    ok, has_ok = np.zeros(len(pc), np.uint64), np.zeros(len(pc), bool)
+    if is_ret.any():  # only return events carry ok=
+        ok_arg = _arg(pc["args"][is_ret], _ARG_OK, 10)
+        ok[is_ret] = ok_arg.to_numpy(dtype="uint64", na_value=0)
+        has_ok[is_ret] = ok_arg.notna().to_numpy()
     pages = pc["pages"].to_numpy(dtype="int64", na_value=0)
     has_pages = pc["pages"].notna().to_numpy()
     cg = pc["cgroup_id"].to_numpy(dtype="uint64", na_value=0)
     has_cg = pc["cgroup_id"].notna().to_numpy()
-    is_try, is_ret = kinds == PC_TRY, kinds == PC_TRY_RET
     pair_i = np.nonzero(is_try | is_ret)[0]
     partner_sub, open_sub = _pair_lifo(_thread_keys(pc["pid"].iloc[pair_i], pc["cpu"].iloc[pair_i]), is_try[pair_i])
     partner = np.full(len(pc), -1, np.int64)
@@ -272,8 +278,6 @@ def _movements(pc: pd.DataFrame, kinds: np.ndarray) -> tuple[pd.DataFrame, pd.Da
     src = np.where(ret_paired, partner, np.arange(len(pc)))
     mismatches = int((ret_paired & has_counter & ((counters != counters[src]) | (pages != pages[src]) |
                                                     (has_pages != has_pages[src]))).sum())
-    ok = oks.to_numpy(dtype="uint64", na_value=0)
-    has_ok = oks.notna().to_numpy()
     ret_col = pc["ret"].to_numpy(dtype="int64", na_value=0)
     has_ret = pc["ret"].notna().to_numpy()
     okb = np.where(has_ok, ok != 0, has_ret & (ret_col != 0))
@@ -393,8 +397,13 @@ class ChargeTables:
         return self
 
     def has_events(self, *names: str) -> bool:
-        short = {e.rsplit(":", 1)[-1] for e in self.event_names}
-        return all(n in short for n in names)
+        return names_have(self.event_names, *names)
+
+
+def names_have(event_names, *names: str) -> bool:
+    """Whether events of every one of ``names`` (short names, any group) are among ``event_names``."""
+    short = {e.rsplit(":", 1)[-1] for e in event_names}
+    return all(n in short for n in names)
 
 
 def _event_names(events: pd.DataFrame) -> set[str]:
@@ -521,8 +530,7 @@ def charges_by_step(events: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
     (counter owners that are no cgroup of the truth table: counters that are not
     ``memcg->memory``, or cgroups made and removed between two steps).
     """
-    tables = (events if isinstance(events, ChargeTables) else charge_tables(_require(events, "charges_by_step"))
-              ).require("charges_by_step")
+    tables = (events if isinstance(events, ChargeTables) else charge_tables(events)).require("charges_by_step")
     mv = tables.movements
     marks = tables.markers
     steps_in_truth = set(truth["step"].unique()) if len(truth) else set()

@@ -25,7 +25,10 @@ from memtrace.analyses.charges import (
     TRY,
     TRY_RET,
     ChargeTables,
+    _event_names,
+    _thread_keys,
     charge_tables,
+    names_have,
     charge_attempts,
     charges_by_step,
     page_counter_movements,
@@ -57,12 +60,7 @@ def has_refusal_probes(events) -> bool:
     """Whether the capture (an event table or its ``ChargeTables``) holds the try_charge probes."""
     if isinstance(events, ChargeTables):
         return events.has_events(TRY, TRY_RET)
-    return _names_have(events, TRY, TRY_RET)
-
-
-def _names_have(events: pd.DataFrame, *names: str) -> bool:
-    short = set(events["event"].astype(str).str.rsplit(":", n=1).str[-1].unique())
-    return set(names) <= short
+    return names_have(_event_names(events), TRY, TRY_RET)
 
 
 def forced_charges(events) -> pd.DataFrame:
@@ -91,8 +89,6 @@ def _enclosing_call_site(f: pd.DataFrame, attempts: pd.DataFrame | None) -> pd.S
     site = pd.Series(pd.NA, index=range(len(f)), dtype="string")
     if attempts is None or not len(f) or not len(attempts):
         return site
-    from memtrace.analyses.charges import _thread_keys
-
     a = pd.DataFrame({"key": _thread_keys(attempts["pid"], attempts["cpu"]), "entry_row": attempts["entry_row"].to_numpy(),
                       "ret_row": attempts["row"].to_numpy(), "call_site": attempts["call_site"].astype("string").to_numpy()})
     q = pd.DataFrame({"key": _thread_keys(f["pid"], f["cpu"]), "row": f["row"].to_numpy(), "i": range(len(f))})
@@ -111,38 +107,34 @@ def refused_charges(events: pd.DataFrame) -> pd.DataFrame:
 
 def by_task(forced: pd.DataFrame, refused: pd.DataFrame, path_of: dict[int, str]) -> pd.DataFrame:
     """Forced pages and refused charges per (memcg, pid, comm)."""
-    f = forced.assign(forced_charges=1, refused_charges=0, forced_pages=forced["pages"].astype("int64"))
-    r = refused.assign(forced_charges=0, refused_charges=1, forced_pages=0)
-    cols = ["cgroup_id", "pid", "comm", "forced_charges", "forced_pages", "refused_charges"]
-    both = pd.concat([f[cols], r[cols]], ignore_index=True)
-    if both.empty:
-        return pd.DataFrame(columns=["cgroup_id", "path", "pid", "comm", "forced_charges", "forced_pages",
-                                     "forced_bytes", "refused_charges"])
-    g = both.groupby(["cgroup_id", "pid", "comm"], dropna=False)[
-        ["forced_charges", "forced_pages", "refused_charges"]].sum().reset_index()
-    g["forced_bytes"] = g["forced_pages"] * PAGE_SIZE
-    g["path"] = g["cgroup_id"].map(lambda c: path_of.get(int(c)) if not pd.isna(c) else None).astype("string")
-    return g[["cgroup_id", "path", "pid", "comm", "forced_charges", "forced_pages", "forced_bytes",
-              "refused_charges"]].sort_values(["forced_pages", "refused_charges"], ascending=False).reset_index(drop=True)
+    return _tally(forced, refused, path_of, ["pid", "comm"])
 
 
 def by_call_site(forced: pd.DataFrame, refused: pd.DataFrame, path_of: dict[int, str]) -> pd.DataFrame:
     """Forced pages and refused charges per (memcg charged, call site): the function that
     called try_charge_memcg (``caller+0xOFF``: obj_cgroup_charge for slab objects,
-    __memcg_kmem_charge_page for kmem pages, charge_memcg for user pages...)."""
-    cols = ["cgroup_id", "path", "call_site", "forced_charges", "forced_pages", "forced_bytes", "refused_charges"]
+    __memcg_kmem_charge_page for kmem pages, charge_memcg for user pages...); ``(unknown)``
+    where the capture does not name it."""
+    def known(x: pd.DataFrame) -> pd.DataFrame:
+        return x.assign(call_site=x["call_site"].astype("string").fillna("(unknown)"))
+
+    return _tally(known(forced), known(refused), path_of, ["call_site"])
+
+
+def _tally(forced: pd.DataFrame, refused: pd.DataFrame, path_of: dict[int, str], keys: list[str]) -> pd.DataFrame:
+    """Forcing calls, forced pages (and bytes) and refused calls per (cgroup id, *keys), with
+    the memcg's path, most forced pages first."""
     f = forced.assign(forced_charges=1, refused_charges=0, forced_pages=forced["pages"].astype("int64"))
     r = refused.assign(forced_charges=0, refused_charges=1, forced_pages=0)
-    keep = ["cgroup_id", "call_site", "forced_charges", "forced_pages", "refused_charges"]
-    parts = [x[keep] for x in (f, r) if len(x) and "call_site" in x]
-    if not parts:
-        return pd.DataFrame(columns=cols)
-    both = pd.concat(parts, ignore_index=True)
-    both["call_site"] = both["call_site"].astype("string").fillna("(unknown)")
-    g = both.groupby(["cgroup_id", "call_site"], dropna=False)[["forced_charges", "forced_pages", "refused_charges"]].sum().reset_index()
+    counts = ["forced_charges", "forced_pages", "refused_charges"]
+    out = ["cgroup_id", "path", *keys, "forced_charges", "forced_pages", "forced_bytes", "refused_charges"]
+    both = pd.concat([f[["cgroup_id", *keys, *counts]], r[["cgroup_id", *keys, *counts]]], ignore_index=True)
+    if both.empty:
+        return pd.DataFrame(columns=out)
+    g = both.groupby(["cgroup_id", *keys], dropna=False)[counts].sum().reset_index()
     g["forced_bytes"] = g["forced_pages"] * PAGE_SIZE
     g["path"] = g["cgroup_id"].map(lambda c: path_of.get(int(c)) if not pd.isna(c) else None).astype("string")
-    return g[cols].sort_values(["forced_pages", "refused_charges"], ascending=False).reset_index(drop=True)
+    return g[out].sort_values(["forced_pages", "refused_charges"], ascending=False).reset_index(drop=True)
 
 
 def refused_by_gfp(refused: pd.DataFrame, path_of: dict[int, str]) -> pd.DataFrame:

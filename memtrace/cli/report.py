@@ -174,7 +174,8 @@ def force_cmd(
     events = stream_charge_tables(iter_trace(str(capture)))
     forced = fa.forced_charges(events)
     refusals = fa.has_refusal_probes(events)
-    refused = fa.refused_charges(events) if refusals else None
+    # without the try_charge probes: no rows, the columns of charge_attempts
+    refused = fa.refused_charges(events) if refusals else events.attempts.iloc[:0]
     path_of = {}
     steps = limits = None
     behaviour: list[str] = []
@@ -188,12 +189,9 @@ def force_cmd(
         path_of = dict(zip(tt["cgroup_id"].astype("int64"), tt["path"].astype(str)))
         steps = fa.per_step(events, tt)
         behaviour = fa.observed_behaviour(steps)
-    if refused is None:
+    if not refusals:
         err.print("memtrace: warning: the capture has no try_charge/try_charge_ret events: refused charges are not "
                   "counted (record them: memtrace probes --format kprobe_events)", markup=False)
-        import pandas as pd
-
-        refused = pd.DataFrame(columns=["row", "ts_ns", "cpu", "pid", "comm", "cgroup_id", "gfp", "pages", "ret"])
     if snapshot is not None:
         fa.check_same_host(forced, refused, snap.memcgs, str(capture), str(snapshot))
         limits = fa.per_memcg_limits(forced, refused, snap.memcgs)

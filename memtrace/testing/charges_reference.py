@@ -9,9 +9,13 @@ import re
 import pandas as pd
 
 from memtrace.analyses.charges import (
-    _ARG_COUNTER, _ARG_OK, FORCE, MARKER_EVENT, PC_FORCE, PC_TRY, PC_TRY_RET, PC_UNCHARGE, TRY, TRY_FAILED,
+    FORCE, MARKER_EVENT, PC_FORCE, PC_TRY, PC_TRY_RET, PC_UNCHARGE, TRY, TRY_FAILED,
     TRY_OK, TRY_RET, UNCHARGE, _short,
 )
+
+
+_ARG_OK = re.compile(r"\bok=(\d+)")
+_ARG_COUNTER = re.compile(r"\bcounter=(0x[0-9a-fA-F]+)")
 
 
 def _arg(args: pd.Series, rx: re.Pattern, base: int) -> pd.Series:
