@@ -150,3 +150,22 @@ def test_a_truth_of_another_run_of_the_same_scenario_is_refused(kernel):
     assert line.startswith(f"memtrace: error: {cap} and {other} are not from the same run: the capture's marker of step")
     assert "Traceback" not in r.stderr
     assert _memtrace("report", "force", cap, "--truth", CAPTURES / f"force-snap-{kernel}.truth.json").returncode == 0
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_the_same_run_clock_bound_sits_between_one_run_and_two(kernel):
+    """SAME_RUN_CLOCK_S (2 s) against the committed runs: a capture's step markers lie within
+    0.04 s of its own truth's uptimes, and more than 10 s off another force run's at some step."""
+    from memtrace.analyses.charges import step_markers
+    from memtrace.analyses.force import SAME_RUN_CLOCK_S
+    from memtrace.sources.trace import load_trace
+
+    def worst(cap, truth_file):
+        m = step_markers(load_trace(str(cap))[0]).drop_duplicates("step")
+        up = {s["index"]: s["uptime_s"] for s in json.loads(Path(truth_file).read_text())["steps"]}
+        return max(abs(ts / 1e9 - up[s]) for s, ts in zip(m["step"], m["ts_ns"]))
+
+    snap, dat = CAPTURES / f"force-snap-{kernel}", CAPTURES / f"force-{kernel}"
+    own = [worst(f"{snap}.page_counter.txt", f"{snap}.truth.json"), worst(f"{dat}.trace.dat", f"{dat}.trace.dat.truth.json")]
+    other = worst(f"{snap}.page_counter.txt", f"{dat}.trace.dat.truth.json")
+    assert max(own) <= 0.04 < SAME_RUN_CLOCK_S < 10 < other, (own, other)

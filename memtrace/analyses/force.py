@@ -290,8 +290,8 @@ def observed_behaviour(steps: pd.DataFrame) -> list[str]:
 
 
 #: how far (seconds) a step marker's timestamp may lie from the uptime the guest read for the
-#: same step in its truth.json: 0.04 s at most in the committed runs (same boot clock), 1 to 13
-#: s between two runs of the same scenario
+#: same step in its truth.json: 0.04 s at most in the committed runs (same boot clock), more
+#: than 10 s at the worst step between two runs of the same scenario (tests/test_report_force.py)
 SAME_RUN_CLOCK_S = 2.0
 
 
